@@ -1,0 +1,7 @@
+"""`python -m hpc` is the `hpc` command; mpirun starts ranks this way."""
+
+import sys
+
+from hpc.cli import main
+
+sys.exit(main())

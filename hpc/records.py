@@ -1,0 +1,168 @@
+"""Measured points as JSON Lines: appended atomically, loaded back in one call, with provenance."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from hpc.errors import HpcError
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+SCHEMA = "hpc.record/1"
+SUFFIX = ".jsonl"
+
+
+def new(kind: str, np: int, **fields: Any) -> dict[str, Any]:
+    """A record with the common keys filled in; sweep context comes from the HPC_* environment."""
+    env = os.environ
+    rec: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "np": np,
+        "nodes": int(env["HPC_NODES"]) if env.get("HPC_NODES", "").isdigit() else None,
+        "scaling": env.get("HPC_SCALING", "none"),
+        "sweep_id": env.get("HPC_SWEEP_ID") or None,
+        "point_id": env.get("HPC_POINT_ID") or None,
+        "rep": int(env.get("HPC_REP", "0") or 0),
+        "status": "ok",
+        "error": None,
+    }
+    rec.update(fields)
+    return rec
+
+
+def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append records as one write + fsync, so a killed run leaves whole lines or nothing."""
+    data = "".join(json.dumps(r, default=_jsonable, allow_nan=False) + "\n" for r in records)
+    if not data:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        view = memoryview(data.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays, paths: the things a record may hold that json does not know."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def clean_float(x: float | None) -> float | None:
+    """NaN/inf are not JSON: store them as null."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def files(path: str | os.PathLike) -> list[Path]:
+    """The records files at `path`: the file itself, or every *.jsonl below a directory."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted(q for q in p.rglob(f"*{SUFFIX}") if q.is_file())
+    if p.is_file():
+        return [p]
+    raise HpcError(f"no such records file or directory: {p}")
+
+
+def load(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record under `path`; a torn last line (a run killed mid-write) is skipped."""
+    out: list[dict[str, Any]] = []
+    for f in files(path):
+        lines = f.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines):
+                    continue
+                raise HpcError(f"{f}:{i}: not a JSON record") from None
+            if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
+                raise HpcError(f"{f}:{i}: not an hpc record (schema {SCHEMA} expected)")
+            out.append(rec)
+    return out
+
+
+def frame(path: str | os.PathLike):
+    """Records as a pandas DataFrame (provenance flattened to provenance.* columns)."""
+    import pandas as pd
+
+    return pd.json_normalize(load(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _git_sha() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Where and how a point was measured. Collective over `comm` (it gathers the host names)."""
+    import hpc
+
+    host = socket.gethostname()
+    hosts = sorted(set(comm.allgather(host))) if comm is not None else [host]
+    mpi_library = None
+    if comm is not None:
+        from mpi4py import MPI
+
+        mpi_library = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
+    return {
+        "hpc": hpc.__version__,
+        "git_sha": _git_sha(),
+        "python": platform.python_version(),
+        "mpi4py": _version("mpi4py"),
+        "mpi_library": mpi_library,
+        "numpy": _version("numpy"),
+        "torch": _version("torch"),
+        "hosts": hosts,
+        "cpus": os.cpu_count(),
+        "argv": list(argv if argv is not None else sys.argv),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def command_line() -> list[str]:
+    """The user's `hpc ...` command line as they typed it (set by the launching parent)."""
+    saved = os.environ.get("HPC_ARGV")
+    if saved:
+        try:
+            return json.loads(saved)
+        except json.JSONDecodeError:
+            pass
+    return ["hpc", *sys.argv[1:]]
