@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--servers", type=int, default=0, help="dedicated server ranks (ps only)")
     v.add_argument("--ops", default="SUM,MAX", help="MPI ops to check (default SUM,MAX)")
     v.add_argument("--quick", action="store_true", help="the short matrix (no 4 MB, two dtypes)")
+    v.add_argument("--case-timeout", type=float, default=120.0, metavar="S",
+                   help="end the job if one case takes longer than S seconds (a deadlock)")
     launch.add_np_argument(v, default_timeout=900)
     v.set_defaults(func=run_verify, precheck=lambda a: registry.precheck(a.spec))
 
@@ -50,8 +52,9 @@ def run_verify(args: argparse.Namespace) -> int:
             raise HpcError(f"unknown op '{op}': use SUM, MAX, MIN or PROD")
     coll = registry.load(args.spec, args.servers)
     comm = world()
-    report = verify(comm, coll, ops=ops, quick=args.quick)
+    report = verify(comm, coll, ops=ops, quick=args.quick, case_timeout=args.case_timeout)
     refused = f"; refused {', '.join(sorted(report.refused_ops))}" if report.refused_ops else ""
     console(comm).print(f"[green]ok[/]: {coll.spec} matches native MPI_Allreduce in "
-                        f"{report.passed} cases on {'/'.join(map(str, report.rank_counts))} ranks{refused}")
+                        f"{report.passed} cases on {'/'.join(map(str, report.rank_counts))} ranks{refused}",
+                        soft_wrap=True)
     return 0

@@ -200,6 +200,9 @@ class _StderrFilter:
             self._emit_block(self._block)
 
     def _line(self, line: str) -> None:
+        line = line.replace("\x00", "")  # Open MPI's forwarder sometimes emits stray NULs
+        if not line:
+            return
         if self._BANNER.match(line):
             if self._block is None:
                 self._block = [line]

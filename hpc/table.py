@@ -120,29 +120,9 @@ def fmt_time(s: float | None) -> str:
 
 
 def fmt_bytes(n: float | None) -> str:
-    """Bytes with a binary unit (B, KiB, MiB, GiB), e.g. 1048576 -> '1 MiB'."""
+    """Bytes the way `hpc bench` prints them (binary units): 1048576 -> '1MB'."""
     if n is None:
         return "—"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.4g} {unit}"
-        n /= 1024
-    return f"{n:.4g} GiB"  # pragma: no cover
+    from hpc.units import format_size
 
-
-def parse_size(text: str) -> int:
-    """'256MB' / '8KiB' / '4k' / '1048576' -> bytes (binary multiples, as OSU and nccl-tests use)."""
-    from hpc.errors import HpcError
-
-    s = str(text).strip().upper().replace("IB", "B")
-    mult = {"B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
-    num = s.rstrip("KMGB")
-    unit = s[len(num):] or "B"
-    try:
-        value = float(num)
-    except ValueError:
-        raise HpcError(f"bad size {text!r}: use e.g. 8B, 64KB, 256MB, 1GB") from None
-    if unit not in mult or value < 0:
-        raise HpcError(f"bad size {text!r}: use e.g. 8B, 64KB, 256MB, 1GB")
-    return int(round(value * mult[unit]))
+    return format_size(int(n))

@@ -1,0 +1,399 @@
+"""Slurm launcher library: render sbatch scripts from templates, submit them, wait for them, read results.
+
+Pure library (no CLI verb): `hpc sweep --launcher slurm` calls it. Every call shells out to the
+Slurm client tools (sbatch, scontrol, squeue, scancel, sinfo) with a timeout, honours SLURM_CONF
+from `env` (or os.environ), and turns any failure into a one-line HpcError.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+from hpc.errors import HpcError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
+CLIENT_TIMEOUT_S = 30.0
+
+# Job states after which a job never runs again (squeue/scontrol long names).
+TERMINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+    "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED",
+})
+# Template values that may be left unset: their `#SBATCH` line is then dropped.
+OPTIONAL_SBATCH = ("time", "partition", "account", "error", "output")
+
+
+class SbatchTemplate(string.Template):
+    """`${lowercase}` placeholders only: `$VAR`, `${VAR}` and `${ARR[@]}` stay shell syntax; `$${x}` escapes."""
+
+    flags = 0
+    pattern = r"""
+        \$(?:
+          (?P<escaped>\$)(?=\{) |
+          \{(?P<braced>[a-z_][a-z0-9_]*)\} |
+          (?P<named>(?!)) |
+          (?P<invalid>(?!))
+        )"""
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What Slurm says about one job: state name, exit code and signal, reason, nodes, output files."""
+
+    job_id: str
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    nodes: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job can no longer change (finished, failed, cancelled or forgotten)."""
+        return self.state in TERMINAL_STATES or self.state == "UNKNOWN"
+
+    @property
+    def ok(self) -> bool:
+        """True when the job ran to the end with exit code 0."""
+        return self.state == "COMPLETED" and self.exit_code == 0
+
+
+class ClusterInfo(NamedTuple):
+    """Size of the usable part of a cluster, for "more ranks than the cluster has" checks."""
+
+    nodes: int
+    cpus_per_node: int
+    partitions: list[str]  # default partition first
+
+
+class SlurmTimeout(HpcError):
+    """`wait` ran out of time; `.states` holds the last state seen for every job."""
+
+    def __init__(self, message: str, states: dict[str, JobState]):
+        super().__init__(message)
+        self.states = states
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
+def load_template(name_or_path: str) -> str:
+    """Text of a template: `strong` / `weak` (slurm/<name>.sbatch in the repo) or a file path."""
+    path = Path(name_or_path)
+    if not path.exists() and re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
+        path = TEMPLATE_DIR / f"{name_or_path}.sbatch"
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise HpcError(f"cannot read sbatch template {name_or_path!r}: {exc.strerror or exc}") from None
+
+
+def default_mpirun() -> str:
+    """Absolute path of the mpirun that belongs to this Python (venv bin first, then PATH)."""
+    beside = Path(sys.executable).parent / "mpirun"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("mpirun") or "mpirun"
+
+
+def render(template: str, **values: object) -> str:
+    """Fill an sbatch template (text, or a name/path as for `load_template`) and return the script.
+
+    Values: job_name, nodes, ntasks_per_node, command (str or argv list) are required; time,
+    partition, account, output, error are optional (their #SBATCH line is dropped when unset);
+    workdir (default: cwd), env (mapping -> `export K=V` lines), launcher (mpirun|srun, default
+    mpirun), mpirun (default: this venv's), mpirun_flags. Paths are made absolute.
+    """
+    text = template if "\n" in template else load_template(template)
+    tpl = SbatchTemplate(text)
+    wanted = set(tpl.get_identifiers())
+    if not tpl.is_valid():
+        raise HpcError("sbatch template has a malformed placeholder (use ${lowercase_name}, $${...} for a literal)")
+    vals = _template_values(values)
+    unknown = sorted(set(vals) - wanted)
+    if unknown:
+        raise HpcError(f"sbatch template has no placeholder for: {', '.join(unknown)}")
+
+    lines = []
+    for line in text.splitlines(keepends=True):
+        names = [m.group("braced") for m in tpl.pattern.finditer(line) if m.group("braced")]
+        if line.startswith("#SBATCH"):
+            if any(vals.get(n) in (None, "") for n in names if n in OPTIONAL_SBATCH):
+                continue
+            for n in names:
+                if n in vals and re.search(r"\s", str(vals[n])):
+                    raise HpcError(f"sbatch option {n}={vals[n]!r} must not contain spaces")
+        lines.append(line)
+    missing = sorted({n for n in wanted if vals.get(n) in (None, "")
+                      and n not in OPTIONAL_SBATCH and n != "env"}
+                     & {m.group("braced") for line in lines for m in tpl.pattern.finditer(line)
+                        if m.group("braced")})
+    if missing:
+        raise HpcError(f"sbatch template needs a value for: {', '.join(missing)}")
+    return SbatchTemplate("".join(lines)).substitute({k: "" if v is None else str(v) for k, v in vals.items()})
+
+
+def _template_values(values: Mapping[str, object]) -> dict[str, object]:
+    """Defaults, checks and shell quoting for `render`'s values."""
+    vals: dict[str, object] = {"launcher": "mpirun", "mpirun_flags": "--oversubscribe --bind-to none",
+                               "env": None, "time": None, "partition": None, "account": None,
+                               "output": None, "error": None}
+    vals.update(values)
+    for key in ("nodes", "ntasks_per_node"):
+        if key in values:
+            try:
+                n = int(values[key])  # type: ignore[call-overload]
+            except (TypeError, ValueError):
+                n = 0
+            if n < 1 or str(values[key]).strip() != str(n):
+                raise HpcError(f"{key} must be a positive integer, got {values[key]!r}")
+            vals[key] = n
+    if vals["launcher"] not in ("mpirun", "srun"):
+        raise HpcError(f"launcher must be mpirun or srun, got {vals['launcher']!r}")
+    workdir = Path(str(vals.get("workdir") or os.getcwd())).expanduser().resolve()
+    vals["workdir"] = str(workdir)
+    for key in ("output", "error"):
+        if vals.get(key):
+            vals[key] = str(workdir / Path(str(vals[key])).expanduser())
+    vals["mpirun"] = shlex.quote(str(vals.get("mpirun") or default_mpirun()))
+    command = vals.get("command")
+    if isinstance(command, (list, tuple)):
+        vals["command"] = shlex.join(str(c) for c in command)
+    env = vals.get("env")
+    if isinstance(env, Mapping):
+        for key in env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+                raise HpcError(f"not a valid environment variable name: {key!r}")
+        vals["env"] = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())
+    return vals
+
+
+def write_script(path: str | os.PathLike, text: str) -> Path:
+    """Write a rendered script (mode 755) and return its absolute path."""
+    p = Path(path).expanduser().resolve()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        p.chmod(0o755)
+    except OSError as exc:
+        raise HpcError(f"cannot write sbatch script {p}: {exc.strerror or exc}") from None
+    return p
+
+
+# ---- talking to Slurm --------------------------------------------------------------------------------
+
+def require_sbatch() -> str:
+    """Path of sbatch, or HpcError when Slurm's client tools are not installed."""
+    path = shutil.which("sbatch")
+    if not path:
+        raise HpcError("sbatch not found: Slurm is not installed or not on PATH "
+                       "(a local test cluster: slurm/cluster-up.sh)")
+    return path
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str] | None, timeout_s: float = CLIENT_TIMEOUT_S,
+         cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run one Slurm client command; HpcError if it cannot start or hangs (non-zero exit is returned)."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
+                              env=dict(env) if env is not None else None, cwd=cwd, check=False)
+    except FileNotFoundError:
+        if argv[0] == "sbatch":
+            require_sbatch()
+        raise HpcError(f"{argv[0]} not found: Slurm is not installed or not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise HpcError(f"{shlex.join(argv)} did not answer within {timeout_s:g}s "
+                       "(is slurmctld up? is SLURM_CONF right?)") from None
+
+
+def _first_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The most telling line of a failed client command's output."""
+    lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower():
+            return ln
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def submit(script_path: str | os.PathLike, dependency: str | None = None, array: str | None = None,
+           *, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> str:
+    """Submit a batch script with `sbatch --parsable`; return the job id.
+
+    dependency is passed as `--dependency=` (e.g. "afterok:12:13"); a job whose dependency can
+    never be met is then cancelled by Slurm (`--kill-on-invalid-dep=yes`). array: e.g. "0-3".
+    """
+    sbatch = require_sbatch()
+    script = Path(script_path).expanduser().resolve()
+    if not script.is_file():
+        raise HpcError(f"sbatch script not found: {script}")
+    argv = [sbatch, "--parsable"]
+    if dependency:
+        argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
+    if array:
+        argv.append(f"--array={array}")
+    argv += [*extra_args, str(script)]
+    proc = _run(argv, env, cwd=script.parent)
+    if proc.returncode != 0:
+        raise HpcError(f"sbatch {script.name} failed: {_first_error_line(proc)}")
+    job_id = proc.stdout.strip().splitlines()[-1].split(";")[0] if proc.stdout.strip() else ""
+    if not re.fullmatch(r"\d+", job_id):
+        raise HpcError(f"sbatch {script.name} printed no job id: {proc.stdout.strip()!r}")
+    return job_id
+
+
+def _field(line: str, key: str) -> str | None:
+    """Value of KEY=VALUE in a one-line `scontrol show job -o` record (None for empty/(null))."""
+    m = re.search(rf"(?:^|\s){re.escape(key)}=(\S*)", line)
+    if not m or m.group(1) in ("", "(null)"):
+        return None
+    return m.group(1)
+
+
+def _parse_job_line(line: str) -> JobState:
+    """One `scontrol show job -o` line (or a jobcomp/filetxt line) as a JobState."""
+    job_id = _field(line, "JobId") or "?"
+    task = _field(line, "ArrayTaskId")
+    if task is not None:
+        job_id = f"{_field(line, 'ArrayJobId')}_{task}"
+    code = sig = None
+    ec = _field(line, "ExitCode")
+    if ec and re.fullmatch(r"\d+:\d+", ec):
+        code, sig = (int(x) for x in ec.split(":"))
+    return JobState(job_id=job_id, state=(_field(line, "JobState") or "UNKNOWN").split("+")[0],
+                    exit_code=code, signal=sig, reason=_field(line, "Reason"),
+                    nodes=_field(line, "NodeList"), stdout=_field(line, "StdOut"),
+                    stderr=_field(line, "StdErr"))
+
+
+def _jobcomp_states(env: Mapping[str, str] | None) -> dict[str, JobState]:
+    """Finished jobs from the jobcomp/filetxt log, for jobs scontrol has already forgotten."""
+    proc = _run(["scontrol", "show", "config"], env)
+    conf = dict(re.findall(r"^(\S+)\s*=\s*(.*?)\s*$", proc.stdout, flags=re.M))
+    if conf.get("JobCompType") != "jobcomp/filetxt" or not conf.get("JobCompLoc"):
+        return {}
+    try:
+        text = Path(conf["JobCompLoc"]).read_text(errors="replace")
+    except OSError:
+        return {}
+    states = {}
+    for line in text.splitlines():
+        if line.startswith("JobId="):
+            st = _parse_job_line(line)
+            states[st.job_id] = st
+    return states
+
+
+def query(job_id: str, env: Mapping[str, str] | None = None) -> list[JobState]:
+    """Current state of a job (one entry per array task); [] when Slurm no longer knows it."""
+    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], env)
+    if proc.returncode != 0:
+        msg = _first_error_line(proc)
+        if "Invalid job id" in msg:
+            return []
+        raise HpcError(f"scontrol show job {job_id} failed: {msg}")
+    return [_parse_job_line(ln) for ln in proc.stdout.splitlines() if ln.startswith("JobId=")]
+
+
+def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
+         *, env: Mapping[str, str] | None = None) -> dict[str, JobState]:
+    """Poll until every job is done; return {job id: JobState} (array jobs give one entry per task).
+
+    A job Slurm has forgotten (older than MinJobAge) is looked up in the jobcomp log, else reported
+    as state UNKNOWN. Raises SlurmTimeout (an HpcError carrying `.states`) after timeout_s.
+    """
+    pending = [str(j) for j in job_ids]
+    states: dict[str, JobState] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        still = []
+        for job_id in pending:
+            found = query(job_id, env)
+            if not found:
+                found = [_jobcomp_states(env).get(job_id, JobState(job_id, "UNKNOWN", reason="vanished"))]
+            for st in found:
+                states[st.job_id if "_" in st.job_id else job_id] = st
+            if not all(st.done for st in found) or any(re.search(r"_\d+-", st.job_id) for st in found):
+                still.append(job_id)
+        pending = still
+        if not pending:
+            return states
+        if time.monotonic() >= deadline:
+            busy = ", ".join(f"{k} ({v.state}{': ' + v.reason if v.reason and v.reason != 'None' else ''})"
+                             for k, v in states.items() if not v.done)
+            raise SlurmTimeout(f"Slurm jobs not finished after {timeout_s:g}s: {busy}", states)
+        time.sleep(poll_s)
+
+
+def cancel(job_ids: Iterable[str], *, env: Mapping[str, str] | None = None) -> None:
+    """scancel the jobs (already finished ones are ignored)."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return
+    proc = _run(["scancel", *ids], env)
+    if proc.returncode != 0:
+        msg = _first_error_line(proc)
+        if "Invalid job id" not in msg and "already completed" not in msg.lower():
+            raise HpcError(f"scancel {' '.join(ids)} failed: {msg}")
+
+
+def cluster_info(partition: str | None = None, *, env: Mapping[str, str] | None = None) -> ClusterInfo:
+    """Usable nodes, CPUs per node (the smallest) and partitions, from `sinfo`."""
+    argv = ["sinfo", "-h", "-N", "-o", "%N|%c|%P|%t"]
+    if partition:
+        argv += ["-p", partition]
+    proc = _run(argv, env)
+    if proc.returncode != 0:
+        raise HpcError(f"sinfo failed: {_first_error_line(proc)}")
+    nodes: dict[str, int] = {}
+    parts: list[str] = []
+    default = None
+    for line in proc.stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 4:
+            continue
+        node, cpus, part, state = fields
+        if part.endswith("*"):
+            part = default = part[:-1]
+        if part not in parts:
+            parts.append(part)
+        if not re.match(r"(down|drain|fail|maint|unk|futr|inval)", state) and cpus.isdigit():
+            nodes[node] = int(cpus)
+    if not nodes:
+        where = f" in partition {partition}" if partition else ""
+        raise HpcError(f"Slurm reports no usable nodes{where}")
+    if default:
+        parts.remove(default)
+        parts.insert(0, default)
+    return ClusterInfo(nodes=len(nodes), cpus_per_node=min(nodes.values()), partitions=parts)
+
+
+def error_line(state: JobState, tail: int = 1) -> str:
+    """One line saying why a job did not succeed, with the last line(s) of its stderr when readable."""
+    what = f"Slurm job {state.job_id} {state.state}"
+    if state.exit_code:
+        what += f" (exit {state.exit_code})"
+    if state.signal:
+        what += f" (signal {state.signal})"
+    if state.reason and state.reason not in ("None", "NonZeroExitCode"):
+        what += f" [{state.reason}]"
+    if state.nodes:
+        what += f" on {state.nodes}"
+    for path in dict.fromkeys(p for p in (state.stderr, state.stdout) if p):
+        try:
+            lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        if lines:
+            return f"{what}: {' | '.join(lines[-tail:])}"
+    return what
