@@ -1,0 +1,106 @@
+"""Shared helpers for the point-to-point allreduce kernels: op mapping, partitioning, scratch."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from mpi4py import MPI
+
+# MPI.Op is unhashable: key on the Fortran handle, an int that is fixed for predefined ops.
+_OPS = (
+    ("SUM", MPI.SUM, np.add), ("PROD", MPI.PROD, np.multiply), ("MAX", MPI.MAX, np.maximum),
+    ("MIN", MPI.MIN, np.minimum), ("LAND", MPI.LAND, np.logical_and), ("LOR", MPI.LOR, np.logical_or),
+    ("LXOR", MPI.LXOR, np.logical_xor), ("BAND", MPI.BAND, np.bitwise_and),
+    ("BOR", MPI.BOR, np.bitwise_or), ("BXOR", MPI.BXOR, np.bitwise_xor),
+)
+_UFUNCS = {op.py2f(): fn for _, op, fn in _OPS}
+_OP_NAMES = {op.py2f(): name for name, op, _ in _OPS}
+
+BYTE = MPI.BYTE
+_scratch = threading.local()
+
+
+def ufunc(op: MPI.Op) -> np.ufunc:
+    """Return the numpy ufunc equivalent to a predefined MPI op; ValueError for any other op."""
+    fn = _UFUNCS.get(op.py2f()) if isinstance(op, MPI.Op) else None
+    if fn is None:
+        raise ValueError(
+            f"unsupported reduction op {op!r}: point-to-point kernels support only the predefined "
+            f"ops {', '.join(_OP_NAMES.values())}; use the 'mpi' algorithm for user-defined ops"
+        )
+    return fn
+
+
+def op_name(op: MPI.Op) -> str:
+    """Name of a predefined MPI op ('SUM', 'MAX', ...), for messages and records."""
+    return _OP_NAMES.get(op.py2f(), repr(op)) if isinstance(op, MPI.Op) else repr(op)
+
+
+def flat(sendbuf, recvbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check the buffers and return 1-D views (send, recv); `send is recv` when in place.
+
+    `sendbuf` may be `recvbuf` itself or `MPI.IN_PLACE`; shapes may differ but sizes and dtypes must match.
+    """
+    if sendbuf is MPI.IN_PLACE or sendbuf is recvbuf:
+        recv = _view1d(recvbuf, "recvbuf")
+        return recv, recv
+    send, recv = _view1d(sendbuf, "sendbuf"), _view1d(recvbuf, "recvbuf")
+    if send.dtype != recv.dtype or send.size != recv.size:
+        raise ValueError(
+            f"sendbuf ({send.size} x {send.dtype}) and recvbuf ({recv.size} x {recv.dtype}) "
+            "must have the same size and dtype"
+        )
+    if np.shares_memory(send, recv):
+        raise ValueError("sendbuf and recvbuf overlap; pass the same array (or MPI.IN_PLACE) for in place")
+    return send, recv
+
+
+def _view1d(buf, name: str) -> np.ndarray:
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, not {type(buf).__name__}")
+    if buf.ndim == 1 and buf.flags.c_contiguous:
+        return buf
+    if not buf.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (shape {buf.shape}, strides {buf.strides})")
+    return buf.reshape(-1)
+
+
+def blocks(n: int, p: int) -> list[int]:
+    """Offsets of p near-equal contiguous blocks of n items: block i is [off[i], off[i+1])."""
+    q, r = divmod(n, p)
+    return [i * q + min(i, r) for i in range(p + 1)]
+
+
+def scratch(dtype: np.dtype, size: int, slot: int = 0) -> np.ndarray:
+    """A reusable per-thread scratch array of `size` items; grows, never shrinks (one per dtype, slot)."""
+    cache = getattr(_scratch, "bufs", None)
+    if cache is None:
+        cache = _scratch.bufs = {}
+    key = (dtype, slot)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(max(size, 1), dtype=dtype)
+    return buf[:size]
+
+
+def clear_scratch() -> None:
+    """Drop this thread's scratch buffers (they are kept between calls to avoid allocations)."""
+    _scratch.bufs = {}
+
+
+def fold(rank: int, p: int) -> tuple[int, int]:
+    """MPICH-style fold of p to the largest power of two p2 <= p: return (p2, newrank or -1).
+
+    The first 2*(p-p2) ranks pair up (even -> odd); even ones sit out (newrank -1).
+    """
+    p2 = 1 << (p.bit_length() - 1)
+    rem = p - p2
+    if rank < 2 * rem:
+        return p2, (rank // 2 if rank % 2 else -1)
+    return p2, rank - rem
+
+
+def unfold(newrank: int, p: int) -> int:
+    """Inverse of `fold`: the real rank of a participating newrank."""
+    rem = p - (1 << (p.bit_length() - 1))
+    return newrank * 2 + 1 if newrank < rem else newrank + rem

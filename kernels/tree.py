@@ -1,0 +1,43 @@
+"""Binomial-tree allreduce: reduce to rank 0, then broadcast from rank 0 (point-to-point only).
+
+log2(p) latency each way but the whole buffer on every edge: a baseline for small messages.
+"""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from kernels._common import BYTE, flat, scratch, ufunc
+
+TAG = 7301
+
+
+def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM) -> None:
+    """Allreduce by binomial reduce + binomial broadcast (same contract as `comm.Allreduce`)."""
+    fn = ufunc(op)
+    send, recv = flat(sendbuf, recvbuf)
+    rank, p = comm.Get_rank(), comm.Get_size()
+    if p == 1 or send.size == 0:
+        if send is not recv:
+            np.copyto(recv, send)
+        return
+    tmp = scratch(send.dtype, send.size)
+    cur = send
+    mask = 1
+    while mask < p:  # reduce: children rank+mask send to rank; a rank with bit `mask` set sends up
+        if rank & mask:
+            comm.Send([cur, BYTE], rank - mask, TAG)
+            break
+        if rank + mask < p:
+            comm.Recv([tmp, BYTE], rank + mask, TAG)
+            fn(cur, tmp, out=recv)  # own (lower ranks') data first
+            cur = recv
+        mask <<= 1
+    # broadcast: rank 0 holds the result; a rank receives from the parent it sent to, then forwards
+    if rank:
+        comm.Recv([recv, BYTE], rank - mask, TAG)
+    mask >>= 1
+    while mask:
+        if rank + mask < p:
+            comm.Send([recv, BYTE], rank + mask, TAG)
+        mask >>= 1
