@@ -68,6 +68,17 @@ def register(sub: Any) -> None:
                                           "compression, size on disk and attributes of a file.")
     inspect.add_argument("file", metavar="FILE.h5")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    shards = inspect.add_argument_group("shard plan (check the file can feed P ranks)")
+    shards.add_argument("--ranks", type=int, metavar="P",
+                        help="also show the rows each of P ranks would read")
+    shards.add_argument("--mode", choices=("strong", "weak"), default="strong")
+    shards.add_argument("--samples-per-rank", type=int, metavar="S", help="rows per rank (weak)")
+    shards.add_argument("--batch-size", type=int, default=32, metavar="B")
+    shards.add_argument("--drop-last", action="store_true")
+    shards.add_argument("--wrap", action="store_true", help="weak: reuse rows when too few")
+    shards.add_argument("--x", default="x", metavar="NAME", help="features dataset (default x)")
+    shards.add_argument("--y", default="y", metavar="NAME",
+                        help="labels dataset (default y; '' for none)")
     inspect.set_defaults(func=cmd_inspect)
 
 
@@ -97,6 +108,10 @@ def cmd_make(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """`hpc data inspect`: a rich table, or JSON with --json."""
     info = inspect_file(args.file)
+    if args.ranks is not None:
+        info["shards"] = plan_shards(args.file, args.ranks, args.mode, args.batch_size,
+                                     args.samples_per_rank, args.drop_last, args.wrap,
+                                     args.x, args.y or None)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -442,6 +457,25 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
             "attrs": attrs}
 
 
+def plan_shards(path: str | os.PathLike, world: int, mode: str = "strong", batch_size: int = 32,
+                samples_per_rank: int | None = None, drop_last: bool = False, wrap: bool = False,
+                x: str = "x", y: str | None = "y") -> list[dict[str, Any]]:
+    """Rows and batches per rank for `world` ranks, after the checks a ShardedLoader makes."""
+    from hpc.loader import ShardedLoader, shard_range
+
+    with ShardedLoader(path, 0, world, mode, batch_size, samples_per_rank, drop_last=drop_last,
+                       prefetch=0, x=x, y=y, wrap=wrap) as loader:
+        n = loader.n_total
+    plan = []
+    for rank in range(world):
+        ranges = shard_range(n, rank, world, mode, samples_per_rank, drop_last, wrap)
+        rows = sum(b - a for a, b in ranges)
+        batches = rows // batch_size if drop_last else -(-rows // batch_size)
+        plan.append({"rank": rank, "samples": rows, "batches": batches,
+                     "ranges": [list(r) for r in ranges]})
+    return plan
+
+
 def print_inspection(info: dict[str, Any]) -> None:
     """Render `inspect_file`'s result as rich tables on stdout."""
     from rich.console import Console
@@ -472,6 +506,19 @@ def print_inspection(info: dict[str, Any]) -> None:
         for key, value in info["attrs"].items():
             attrs.add_row(key, str(value))
         console.print(attrs)
+    shards = info.get("shards")
+    if shards:
+        plan = Table(title=f"shards over {len(shards)} ranks", title_justify="left")
+        for col in ("rank", "samples", "batches", "rows"):
+            plan.add_column(col, justify="left" if col == "rows" else "right")
+        shown = shards if len(shards) <= 16 else shards[:8] + [None] + shards[-8:]
+        for s in shown:
+            if s is None:
+                plan.add_row("...", "", "", "")
+                continue
+            rows = ", ".join(f"{a}:{b}" for a, b in s["ranges"])
+            plan.add_row(str(s["rank"]), str(s["samples"]), str(s["batches"]), rows)
+        console.print(plan)
 
 
 def _human_bytes(n: float) -> str:

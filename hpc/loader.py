@@ -232,7 +232,10 @@ class ShardedLoader:
             chunks = self._x.chunks
             self.block_rows = block_rows_for(row_bytes, chunks[0] if chunks else None, block_bytes)
             self._reopen_with_cache(x, y, chunks, row_bytes)
-            self._ranges = shard_range(n, rank, world, mode, samples_per_rank, drop_last, wrap)
+            try:
+                self._ranges = shard_range(n, rank, world, mode, samples_per_rank, drop_last, wrap)
+            except HpcError as exc:
+                raise HpcError(f"{self.path}: {exc}") from None
         except BaseException:
             self.close()
             raise
