@@ -162,6 +162,42 @@ def fit_core(n, t, law: str) -> CoreFit:
     return CoreFit(law, p, p_unc, math.exp(logt1), p_se, ci, t1ci, rss, nobs, dof)
 
 
+def _grid_min_p(law: str, n, ys, grid):
+    """Least-squares P on a grid for many log-time vectors at once (rows of ys share the N vector).
+
+    RSS(P) = Σ(y − L)² − n·(ȳ − L̄)² with L = log g(N; P), expanded so one matrix product serves
+    every row; a fine grid around each row's best point and a parabola refine each minimum.
+    """
+    import numpy as np
+
+    lg = _log_g(law, n[None, :], grid[:, None])                       # (G, n)
+    yc = ys - ys.mean()                                                # better conditioning
+    m = n.size
+    rss = ((yc**2).sum(1)[:, None] - 2.0 * yc @ lg.T + (lg**2).sum(1)[None, :]
+           - m * (yc.mean(1)[:, None] - lg.mean(1)[None, :]) ** 2)    # (B, G)
+    i = np.argmin(rss, axis=1)
+    h = grid[1] - grid[0]
+    # second stage: a fine grid of ±1 coarse step around each row's minimum, then a parabola
+    a = np.maximum(grid[i] - h, grid[0])
+    b = np.minimum(grid[i] + h, grid[-1])
+    fine = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, 41)[None, :]   # (B, F)
+    lf = _log_g(law, n[None, None, :], fine[:, :, None])              # (B, F, n)
+    r = ys[:, None, :] - lf
+    rssf = ((r - r.mean(axis=2, keepdims=True)) ** 2).sum(axis=2)      # (B, F)
+    j = np.clip(np.argmin(rssf, axis=1), 1, fine.shape[1] - 2)
+    rows = np.arange(ys.shape[0])
+    f0, f1, f2 = rssf[rows, j - 1], rssf[rows, j], rssf[rows, j + 1]
+    hf = (b - a) / 40
+    den = f0 - 2.0 * f1 + f2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(den > 0, 0.5 * hf * (f0 - f2) / den, 0.0)
+    p = np.clip(fine[rows, j] + np.clip(shift, -hf, hf), grid[0], grid[-1])
+    pb = fine[rows, np.argmin(rssf, axis=1)]                           # best fine-grid point
+    rp = ys - _log_g(law, n[None, :], p[:, None])
+    rss_p = ((rp - rp.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    return np.where(rss_p <= rssf.min(axis=1), p, pb)
+
+
 def bootstrap_p(n, t, law: str, resamples: int, seed: int = 0) -> tuple[float, float] | None:
     """Percentile 95% CI of P from refits on repetitions resampled with replacement within each N."""
     import numpy as np
@@ -170,13 +206,17 @@ def bootstrap_p(n, t, law: str, resamples: int, seed: int = 0) -> tuple[float, f
         return None
     n = np.asarray(n, dtype=float)
     y = np.log(np.asarray(t, dtype=float))
+    order = np.argsort(n, kind="stable")
+    n, y = n[order], y[order]
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(n == v) for v in np.unique(n)]
-    ps = np.empty(resamples)
-    for b in range(resamples):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        ps[b] = _min_p(law, n[idx], y[idx], 0.0, 1.0)
-    lo, hi = np.percentile(ps, [2.5, 97.5])
+    idx = np.empty((resamples, n.size), dtype=int)
+    for v in np.unique(n):
+        g = np.flatnonzero(n == v)
+        idx[:, g] = rng.choice(g, size=(resamples, g.size), replace=True)
+    ps = []
+    for chunk in np.array_split(np.arange(resamples), max(1, resamples // 250)):
+        ps.append(_grid_min_p(law, n, y[idx[chunk]], np.linspace(0.0, 1.0, 201)))
+    lo, hi = np.percentile(np.concatenate(ps), [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -548,7 +588,13 @@ def group_records(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[st
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in ok_records(records):
         groups.setdefault(group_key(r), []).append(r)
-    return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+    return dict(sorted(groups.items(), key=lambda kv: sort_key(kv[0])))
+
+
+def sort_key(key: tuple) -> tuple:
+    """Order tuples of mixed str/number/None: numbers numerically, then strings."""
+    return tuple((0, float(x), "") if isinstance(x, (int, float)) and not isinstance(x, bool)
+                 else (1, 0.0, str(x)) for x in key)
 
 
 def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bootstrap: int = 0,
@@ -645,18 +691,27 @@ def _ci(ci: list[float] | None, digits: int = 4) -> str:
 
 def summary_table(results: list[FitResult]):
     """One row per fitted group."""
-    from hpc.table import Table, fmt_num
+    from hpc.table import Table, fmt_bytes, fmt_num
 
-    tab = Table("Scaling fits (P = parallel fraction, 95% CI from all repetitions)",
-                ["group", "law", "N", "obs", "P", "95% CI", "serial 1−P", "R²", "SMAPE %",
-                 "ceiling", f"S @ {PREDICT_FACTORS[1]}×N", "best model", "flags"])
+    tab = Table("Scaling fits: P = parallel fraction, 95% CI from all repetitions",
+                ["kind", "algo/sync", "size/model", "law", "N", "P [95% CI]", "1−P", "R²",
+                 "SMAPE %", "ceiling", f"S @ {PREDICT_FACTORS[1]}×N", "best model", "flags"])
     for r in results:
+        g = r.group
+        v = g.get("variant")
+        v = fmt_bytes(v) if g.get("kind") == "collective" and isinstance(v, (int, float)) else v
         pr = next((x for x in r.predictions if x["factor"] == PREDICT_FACTORS[1]), None)
-        tab.add(r.label, r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", r.n_obs, f"{r.p:.4f}",
-                _ci(r.ci95), f"{r.serial_fraction:.4f}", fmt_num(r.r2), fmt_num(r.smape, 3),
-                fmt_num(r.ceiling) if r.law == AMDAHL else "none",
-                f"{pr['speedup']:.3g} (N={pr['np']})" if pr else None,
-                r.model_choice.get("best_aicc"), ", ".join(f["code"] for f in r.flags) or "")
+        tab.add(g.get("kind", "csv"), g.get("name", r.label), v if v is not None else "",
+                r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", f"{r.p:.4f} {_ci(r.ci95, 3)}",
+                f"{r.serial_fraction:.4f}", fmt_num(r.r2, 3), fmt_num(r.smape, 3),
+                fmt_num(r.ceiling, 3) if r.law == AMDAHL else "none",
+                f"{pr['speedup']:.3g} @{pr['np']}" if pr else None,
+                r.model_choice.get("best_aicc"), " ".join(f["code"] for f in r.flags))
+    if any(r.group.get("kind") == "collective" for r in results):
+        tab.notes.append("collective records: the α–β cost model is usually the apt fit "
+                         "(hpc fit PATH --law alpha-beta)")
+    if any(r.flags for r in results):
+        tab.notes.append("flags are explained in --json output and with -v")
     return tab
 
 
@@ -669,7 +724,7 @@ def detail_tables(r: FitResult) -> list:
             + f", serial fraction {r.serial_fraction:.4f}, R² {fmt_num(r.r2)}, SMAPE "
             f"{fmt_num(r.smape, 3)}%")
     pts = Table(head, ["N", "reps", "median time", "min", "max", "speedup", "fit", "efficiency",
-                       "Karp–Flatt e", "serial (law)", ""])
+                       "Karp–Flatt e", "serial (law)", "note"])
     for p in r.points:
         pts.add(p["np"], p["reps"], fmt_time(p["time_median_s"]), fmt_time(p["time_min_s"]),
                 fmt_time(p["time_max_s"]), fmt_num(p["speedup"]), fmt_num(p["speedup_fit"]),

@@ -63,19 +63,14 @@ def print_tables(tables: Iterable[Table], fmt: str = "rich", file: TextIO | None
     if fmt == "rich":
         from rich.console import Console
 
-        console = Console(file=file, width=max(100, _term_width()))
+        tty = hasattr(file, "isatty") and file.isatty()
+        console = Console(file=file, width=None if tty else 240, soft_wrap=False)
         for t in tables:
             console.print(t.to_rich())
             console.print()
         return
     render = {"markdown": Table.to_markdown, "csv": Table.to_csv}[fmt]
     file.write("\n".join(render(t) for t in tables))
-
-
-def _term_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size((120, 40)).columns
 
 
 def _cell(c: Any) -> str:

@@ -1,0 +1,306 @@
+"""`hpc compare`: two record sets side by side (a regression gate), or algorithms against a baseline.
+
+A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch). Its samples are the
+repetitions (one value per record); a point with a single record uses that record's timed batches
+(`times_s`). A difference counts only when it is larger than the noise band (the larger of
+--threshold and the relative inter-quartile spread of either side) and, where the sample sizes allow
+a verdict, a two-sided Mann–Whitney U test agrees at 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from math import comb
+from typing import Any, Iterable
+
+from hpc.errors import HpcError
+
+METRICS = {  # name -> (record field, higher is better, unit)
+    "time": ("time_s", False, "s"),
+    "busbw": ("busbw_GBps", True, "GB/s"),
+    "throughput": ("samples_per_s", True, "samples/s"),
+}
+ALPHA = 0.05
+
+
+def point_key(rec: dict[str, Any], with_name: bool = True) -> tuple:
+    """What must match for two records to be the same measurement point."""
+    from hpc.fit import record_name, record_variant
+
+    kind = str(rec.get("kind", "?"))
+    extra = ((rec.get("dtype"), rec.get("op")) if kind == "collective"
+             else (rec.get("global_batch"),))
+    key = (kind, int(rec.get("np") or 0), record_variant(rec), extra)
+    return ((record_name(rec),) + key) if with_name else key
+
+
+def choose_metric(recs: list[dict[str, Any]], metric: str = "auto") -> str:
+    """auto: busbw for multi-rank collectives, throughput for training, time otherwise."""
+    if metric != "auto":
+        if metric not in METRICS:
+            raise HpcError(f"unknown metric {metric!r}: use auto, time, busbw or throughput")
+        return metric
+    r = recs[0]
+    if r.get("kind") == "collective" and int(r.get("np") or 1) > 1 and \
+            all(isinstance(x.get("busbw_GBps"), (int, float)) and x["busbw_GBps"] > 0 for x in recs):
+        return "busbw"
+    if r.get("kind") == "train" and all(isinstance(x.get("samples_per_s"), (int, float)) and
+                                        x["samples_per_s"] > 0 for x in recs):
+        return "throughput"
+    return "time"
+
+
+def samples(recs: list[dict[str, Any]], metric: str) -> list[float]:
+    """Repetition values of `metric`; one record → its timed batches, converted to the metric."""
+    field, higher, _ = METRICS[metric]
+    vals = [float(r[field]) for r in recs if isinstance(r.get(field), (int, float))]
+    if len(recs) == 1 and len(vals) == 1:
+        r = recs[0]
+        ts = [float(x) for x in (r.get("times_s") or []) if isinstance(x, (int, float)) and x > 0]
+        t0 = r.get("time_s")
+        if len(ts) > 1 and isinstance(t0, (int, float)) and t0 > 0:
+            return ts if metric == "time" else [vals[0] * t0 / x for x in ts]
+    if not vals:
+        raise HpcError(f"records lack {field!r}: choose another --metric")
+    return vals
+
+
+@dataclass
+class _Stats:
+    median: float
+    spread: float  # relative inter-quartile range
+    n: int
+
+
+def _stats(v: list[float]) -> _Stats:
+    import numpy as np
+
+    a = np.asarray(v, dtype=float)
+    med = float(np.median(a))
+    q25, q75 = np.percentile(a, [25, 75])
+    return _Stats(med, float((q75 - q25) / abs(med)) if med else math.inf, a.size)
+
+
+def _mw_usable(m: int, n: int) -> bool:
+    """Whether a two-sided Mann–Whitney test on m and n samples can reach p < ALPHA at all."""
+    return m >= 2 and n >= 2 and 2.0 / comb(m + n, m) < ALPHA
+
+
+def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
+                    threshold_pct: float = 3.0) -> dict[str, Any]:
+    """Median ratio B/A, the noise band, a Mann–Whitney p-value and a better/worse/same verdict."""
+    from scipy.stats import mannwhitneyu
+
+    sa, sb = _stats(a), _stats(b)
+    ratio = sb.median / sa.median if sa.median else math.inf
+    change = 100.0 * (ratio - 1.0)
+    worse_pct = -change if higher_is_better else change
+    band = max(threshold_pct, 100.0 * max(sa.spread, sb.spread))
+    pval = None
+    if _mw_usable(sa.n, sb.n):
+        pval = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    if abs(change) <= band or (pval is not None and pval >= ALPHA):
+        verdict = "same"
+    else:
+        verdict = "worse" if worse_pct > 0 else "better"
+    return {"a_median": sa.median, "b_median": sb.median, "a_n": sa.n, "b_n": sb.n,
+            "ratio": ratio, "change_pct": change, "worse_pct": worse_pct, "band_pct": band,
+            "p_value": pval, "verdict": verdict}
+
+
+def _index(records: Iterable[dict[str, Any]], with_name: bool = True) -> dict[tuple, list[dict]]:
+    from hpc.fit import ok_records
+
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in ok_records(records):
+        out.setdefault(point_key(r, with_name), []).append(r)
+    return out
+
+
+def _point(key: tuple) -> str:
+    """'collective np=4 1MB' / 'train np=2 mlp' (the point without the algorithm name)."""
+    from hpc.table import fmt_bytes
+
+    name, kind, np_, variant, extra = key
+    v = fmt_bytes(variant) if kind == "collective" and isinstance(variant, (int, float)) else variant
+    return f"{kind} np={np_} {v}"
+
+
+def _label(key: tuple) -> str:
+    return f"{key[0]} {_point(key)}"
+
+
+def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: float) -> dict:
+    m = choose_metric(ra + rb, metric)
+    field, higher, unit = METRICS[m]
+    row = {"kind": key[1], "name": key[0], "np": key[2], "variant": key[3],
+           "label": _label(key), "point": _point(key), "metric": m, "field": field, "unit": unit,
+           "higher_is_better": higher}
+    row.update(compare_samples(samples(ra, m), samples(rb, m), higher, threshold))
+    return row
+
+
+def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], metric: str = "auto",
+                    threshold_pct: float = 3.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows for every point present (ok) in both A and B, plus notes on unmatched points."""
+    from hpc.fit import sort_key
+
+    ia, ib = _index(a), _index(b)
+    common = sorted(set(ia) & set(ib), key=sort_key)
+    if not common:
+        raise HpcError(f"no matching points between A ({len(ia)} points) and B ({len(ib)} points)")
+    rows = [_row(k, ia[k], ib[k], metric, threshold_pct) for k in common]
+    notes = []
+    for side, only in (("A", set(ia) - set(ib)), ("B", set(ib) - set(ia))):
+        if only:
+            names = ", ".join(_label(k) for k in sorted(only, key=sort_key)[:5])
+            notes.append(f"only in {side}: {len(only)} point(s) ({names}{', …' if len(only) > 5 else ''})")
+    return rows, notes
+
+
+def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: str = "auto",
+                     threshold_pct: float = 3.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every algorithm/sync scheme against `baseline` at each point where both were measured."""
+    from hpc.fit import sort_key
+
+    idx = _index(records)
+    names = sorted({k[0] for k in idx})
+    if baseline not in names:
+        raise HpcError(f"baseline {baseline!r} not in the records (found: {', '.join(names) or 'none'})")
+    rows, notes = [], []
+    for key in sorted(idx, key=lambda k: sort_key(k[1:] + k[:1])):
+        if key[0] == baseline:
+            continue
+        bkey = (baseline,) + key[1:]
+        if bkey not in idx:
+            notes.append(f"{_label(key)}: no {baseline} measurement at this point")
+            continue
+        row = _row(key, idx[bkey], idx[key], metric, threshold_pct)
+        row["baseline"] = baseline
+        rows.append(row)
+    if not rows:
+        raise HpcError(f"nothing to compare against {baseline!r}: no other algorithm shares a point")
+    return rows, notes
+
+
+def _fmt_value(v: float, unit: str) -> str:
+    from hpc.table import fmt_num, fmt_time
+
+    return fmt_time(v) if unit == "s" else f"{fmt_num(v)} {unit}"
+
+
+def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
+                     b_name: str = "B", notes: Iterable[str] = ()):
+    """One row per point: medians, ratio, change, noise band, p-value, verdict."""
+    from hpc.table import Table
+
+    tab = Table(title, ["point", "algo", "metric", f"{a_name} median", f"{b_name} median",
+                        f"{b_name}/{a_name}", "change", "noise band", "MW p", "verdict"])
+    for r in rows:
+        direction = "higher better" if r["higher_is_better"] else "lower better"
+        tab.add(r["point"], r["name"], f"{r['metric']} ({direction})", _fmt_value(r["a_median"], r["unit"]),
+                _fmt_value(r["b_median"], r["unit"]), f"{r['ratio']:.3f}×",
+                f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.1f}%",
+                "—" if r["p_value"] is None else f"{r['p_value']:.3g}", r["verdict"])
+    tab.notes += list(notes)
+    tab.notes.append("verdict 'same' when the change is inside the noise band (max of --threshold "
+                     "and the reps' relative IQR) or Mann–Whitney p ≥ 0.05")
+    return tab
+
+
+def baseline_summary(rows: list[dict[str, Any]]):
+    """Per algorithm: geometric-mean ratio to the baseline (metric-direction aware) and tallies."""
+    from hpc.table import Table
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append(r)
+    base = rows[0].get("baseline", "baseline")
+    tab = Table(f"Summary against {base} (speed ratio > 1 means faster than {base})",
+                ["algorithm", "points", "geomean speed ratio", "min", "max", "better", "same", "worse"])
+    for name, rs in sorted(by.items()):
+        speed = [r["ratio"] if r["higher_is_better"] else 1.0 / r["ratio"] for r in rs]
+        gm = math.exp(sum(math.log(s) for s in speed) / len(speed))
+        tab.add(name, len(rs), f"{gm:.3f}×", f"{min(speed):.3f}×", f"{max(speed):.3f}×",
+                sum(r["verdict"] == "better" for r in rs), sum(r["verdict"] == "same" for r in rs),
+                sum(r["verdict"] == "worse" for r in rs))
+    return tab
+
+
+_HELP = """\
+Compare two record sets point by point (a regression gate), or every algorithm in one set
+against a baseline.
+
+  hpc compare runs/before runs/after --fail-if-worse 10
+  hpc compare runs/sweep --baseline mpi --markdown
+
+Metric (auto): busbw for collectives with np > 1 (higher is better), samples/s for training
+(higher is better), time otherwise (lower is better). Verdict 'same' when the change is inside
+the noise band: the larger of --threshold and the relative inter-quartile spread of the
+repetitions, or when a Mann–Whitney U test (where the sample sizes allow one) gives p ≥ 0.05.
+Exit 1 with --fail-if-worse PCT when any point is 'worse' by more than PCT percent.
+"""
+
+
+def register(sub) -> None:
+    """Add the `compare` verb."""
+    p = sub.add_parser("compare", help="compare two record sets, or algorithms against a baseline",
+                       description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", metavar="A", help="records file or directory (the reference)")
+    p.add_argument("b", metavar="B", nargs="?", help="records file or directory (the candidate)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="compare every algo/sync in A against NAME (e.g. mpi) instead of A vs B")
+    p.add_argument("--metric", default="auto", choices=["auto", *METRICS],
+                   help="what to compare (default auto)")
+    p.add_argument("--threshold", type=float, default=3.0, metavar="PCT",
+                   help="smallest change in percent that can count (default 3)")
+    p.add_argument("--fail-if-worse", type=float, default=None, metavar="PCT",
+                   help="exit 1 when any point is worse by more than PCT percent")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="markdown tables")
+    fmt.add_argument("--csv", action="store_true", help="CSV (one table)")
+    fmt.add_argument("--json", action="store_true", help="JSON list of rows")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `hpc compare`."""
+    from hpc.fit import load_records
+    from hpc.table import print_tables
+
+    if args.threshold < 0 or (args.fail_if_worse is not None and args.fail_if_worse < 0):
+        raise HpcError("--threshold and --fail-if-worse must be ≥ 0")
+    if args.baseline and args.b:
+        raise HpcError("give either B or --baseline NAME, not both")
+    if not args.baseline and not args.b:
+        raise HpcError("nothing to compare: give B, or --baseline NAME to compare within A")
+    if args.baseline:
+        rows, notes = compare_baseline(load_records(args.a), args.baseline, args.metric,
+                                       args.threshold)
+        tables = [comparison_table(rows, f"{args.a}: each algorithm against {args.baseline}",
+                                   args.baseline, "algo", notes), baseline_summary(rows)]
+    else:
+        rows, notes = compare_records(load_records(args.a), load_records(args.b), args.metric,
+                                      args.threshold)
+        tables = [comparison_table(rows, f"A = {args.a}  vs  B = {args.b}", notes=notes)]
+    if args.json:
+        from hpc.fit import _json_safe
+
+        json.dump(_json_safe(rows), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        print_tables(tables[:1] if args.csv else tables,
+                     "csv" if args.csv else "markdown" if args.markdown else "rich")
+    if args.fail_if_worse is not None:
+        bad = [r for r in rows if r["verdict"] == "worse" and r["worse_pct"] > args.fail_if_worse]
+        if bad:
+            worst = max(bad, key=lambda r: r["worse_pct"])
+            print(f"hpc: {len(bad)} point(s) worse by more than {args.fail_if_worse:g}% "
+                  f"(worst: {worst['label']}, {worst['worse_pct']:.1f}% worse {worst['metric']})",
+                  file=sys.stderr)
+            return 1
+    return 0
