@@ -50,7 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
+        workload = None
+        if argv[:1] == ["sweep"]:
+            from hpc.sweep import split_argv
+
+            argv, workload = split_argv(argv)
         args = parser.parse_args(argv)
+        if workload is not None:
+            args.workload = workload
         if not getattr(args, "func", None):
             parser.print_help()
             return 0 if not argv else 2
