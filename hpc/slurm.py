@@ -100,11 +100,13 @@ def load_template(name_or_path: str) -> str:
 
 
 def default_mpirun() -> str:
-    """Absolute path of the mpirun that belongs to this Python (venv bin first, then PATH)."""
-    beside = Path(sys.executable).parent / "mpirun"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("mpirun") or "mpirun"
+    """Absolute path of the mpirun local runs use too ($HPC_MPIEXEC, this venv's, then PATH)."""
+    from hpc.launch import find_mpiexec
+
+    try:
+        return find_mpiexec().path
+    except HpcError:
+        return str(Path(sys.executable).parent / "mpirun")
 
 
 def render(template: str, **values: object) -> str:
@@ -116,38 +118,34 @@ def render(template: str, **values: object) -> str:
     mpirun), mpirun (default: this venv's), mpirun_flags. Paths are made absolute.
     """
     text = template if "\n" in template else load_template(template)
-    tpl = SbatchTemplate(text)
-    wanted = set(tpl.get_identifiers())
-    if not tpl.is_valid():
-        raise HpcError("sbatch template has a malformed placeholder (use ${lowercase_name}, $${...} for a literal)")
+    if not SbatchTemplate(text).is_valid():
+        raise HpcError("sbatch template has a malformed placeholder (use ${lowercase_name}; $${...} for a literal)")
     vals = _template_values(values)
-    unknown = sorted(set(vals) - wanted)
+    unknown = sorted(set(values) - set(SbatchTemplate(text).get_identifiers()))
     if unknown:
         raise HpcError(f"sbatch template has no placeholder for: {', '.join(unknown)}")
 
-    lines = []
+    kept = []
     for line in text.splitlines(keepends=True):
-        names = [m.group("braced") for m in tpl.pattern.finditer(line) if m.group("braced")]
+        names = SbatchTemplate(line).get_identifiers()
         if line.startswith("#SBATCH"):
-            if any(vals.get(n) in (None, "") for n in names if n in OPTIONAL_SBATCH):
-                continue
+            if any(n in OPTIONAL_SBATCH and vals.get(n) in (None, "") for n in names):
+                continue  # an optional option left unset: let Slurm's default apply
             for n in names:
-                if n in vals and re.search(r"\s", str(vals[n])):
+                if re.search(r"\s", str(vals.get(n, ""))):
                     raise HpcError(f"sbatch option {n}={vals[n]!r} must not contain spaces")
-        lines.append(line)
-    missing = sorted({n for n in wanted if vals.get(n) in (None, "")
-                      and n not in OPTIONAL_SBATCH and n != "env"}
-                     & {m.group("braced") for line in lines for m in tpl.pattern.finditer(line)
-                        if m.group("braced")})
+        kept.append(line)
+    script = "".join(kept)
+    missing = sorted(n for n in SbatchTemplate(script).get_identifiers() if vals.get(n) in (None, ""))
     if missing:
         raise HpcError(f"sbatch template needs a value for: {', '.join(missing)}")
-    return SbatchTemplate("".join(lines)).substitute({k: "" if v is None else str(v) for k, v in vals.items()})
+    return SbatchTemplate(script).substitute({k: str(v) for k, v in vals.items() if v is not None})
 
 
 def _template_values(values: Mapping[str, object]) -> dict[str, object]:
     """Defaults, checks and shell quoting for `render`'s values."""
     vals: dict[str, object] = {"launcher": "mpirun", "mpirun_flags": "--oversubscribe --bind-to none",
-                               "env": None, "time": None, "partition": None, "account": None,
+                               "time": None, "partition": None, "account": None,
                                "output": None, "error": None}
     vals.update(values)
     for key in ("nodes", "ntasks_per_node"):
@@ -170,12 +168,13 @@ def _template_values(values: Mapping[str, object]) -> dict[str, object]:
     command = vals.get("command")
     if isinstance(command, (list, tuple)):
         vals["command"] = shlex.join(str(c) for c in command)
-    env = vals.get("env")
+    env = vals.get("env") or {}
     if isinstance(env, Mapping):
         for key in env:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
                 raise HpcError(f"not a valid environment variable name: {key!r}")
-        vals["env"] = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())
+        env = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())
+    vals["env"] = env or "# (no extra environment)"
     return vals
 
 
@@ -314,6 +313,7 @@ def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
     """
     pending = [str(j) for j in job_ids]
     states: dict[str, JobState] = {}
+    keys: dict[str, list[str]] = {}  # job id asked for -> keys of `states` it produced
     deadline = time.monotonic() + timeout_s
     while True:
         still = []
@@ -321,9 +321,11 @@ def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
             found = query(job_id, env)
             if not found:
                 found = [_jobcomp_states(env).get(job_id, JobState(job_id, "UNKNOWN", reason="vanished"))]
-            for st in found:
-                states[st.job_id if "_" in st.job_id else job_id] = st
-            if not all(st.done for st in found) or any(re.search(r"_\d+-", st.job_id) for st in found):
+            for key in keys.pop(job_id, ()):
+                states.pop(key, None)  # an array's pending remainder ("12_[3-5]") splits into tasks
+            keys[job_id] = [st.job_id if "_" in st.job_id else job_id for st in found]
+            states.update(zip(keys[job_id], found))
+            if not all(st.done for st in found):
                 still.append(job_id)
         pending = still
         if not pending:
@@ -376,6 +378,14 @@ def cluster_info(partition: str | None = None, *, env: Mapping[str, str] | None 
         parts.remove(default)
         parts.insert(0, default)
     return ClusterInfo(nodes=len(nodes), cpus_per_node=min(nodes.values()), partitions=parts)
+
+
+def hostnames(nodelist: str, *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Expand a Slurm node list ("c[1-3],d7") into names with `scontrol show hostnames`."""
+    proc = _run(["scontrol", "show", "hostnames", nodelist], env)
+    if proc.returncode != 0:
+        raise HpcError(f"scontrol show hostnames {nodelist} failed: {_first_error_line(proc)}")
+    return proc.stdout.split()
 
 
 def error_line(state: JobState, tail: int = 1) -> str:
