@@ -1,6 +1,6 @@
 """`hpc compare`: two record sets side by side (a regression gate), or algorithms against a baseline.
 
-A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch). Its samples are the
+A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, scaling). Its samples are the
 repetitions (one value per record); a point with a single record uses that record's timed batches
 (`times_s`). A difference counts only when it is larger than the noise band (the larger of
 --threshold and the relative inter-quartile spread of either side) and, where the sample sizes allow
@@ -34,7 +34,8 @@ def point_key(rec: dict[str, Any], with_name: bool = True) -> tuple:
     kind = str(rec.get("kind", "?"))
     extra = ((rec.get("dtype"), rec.get("op")) if kind == "collective"
              else (rec.get("global_batch"),))
-    key = (kind, int(rec.get("np") or 0), record_variant(rec), extra)
+    key = (kind, int(rec.get("np") or 0), record_variant(rec), extra,
+           str(rec.get("scaling") or "none"))
     return ((record_name(rec),) + key) if with_name else key
 
 
@@ -125,9 +126,9 @@ def _point(key: tuple) -> str:
     """'collective np=4 1MB' / 'train np=2 mlp' (the point without the algorithm name)."""
     from hpc.table import fmt_bytes
 
-    name, kind, np_, variant, extra = key
+    name, kind, np_, variant, extra, scaling = key
     v = fmt_bytes(variant) if kind == "collective" and isinstance(variant, (int, float)) else variant
-    return f"{kind} np={np_} {v}"
+    return f"{kind} np={np_} {v}" + (f" ({scaling})" if scaling != "none" else "")
 
 
 def _label(key: tuple) -> str:
@@ -150,7 +151,7 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
     from hpc.fit import sort_key
 
     ia, ib = _index(a), _index(b)
-    common = sorted(set(ia) & set(ib), key=sort_key)
+    common = sorted(set(ia) & set(ib), key=lambda k: sort_key((k[1], k[5], k[2], k[3], k[4], k[0])))
     if not common:
         raise HpcError(f"no matching points between A ({len(ia)} points) and B ({len(ib)} points)")
     rows = [_row(k, ia[k], ib[k], metric, threshold_pct) for k in common]
@@ -172,7 +173,7 @@ def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: s
     if baseline not in names:
         raise HpcError(f"baseline {baseline!r} not in the records (found: {', '.join(names) or 'none'})")
     rows, notes = [], []
-    for key in sorted(idx, key=lambda k: sort_key(k[1:] + k[:1])):
+    for key in sorted(idx, key=lambda k: sort_key((k[1], k[5], k[2], k[3], k[4], k[0]))):
         if key[0] == baseline:
             continue
         bkey = (baseline,) + key[1:]

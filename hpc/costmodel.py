@@ -217,10 +217,44 @@ def _parse_list(text: str | None, conv) -> list[int]:
     return vals
 
 
+def _ci(c, scale: float = 1.0) -> str:
+    return f"[{c[0] * scale:.3g}, {c[1] * scale:.3g}]" if c else "—"
+
+
+def fit_table(fits: list[CostFit]):
+    """α, 1/β and fit quality per algorithm."""
+    from hpc.table import Table, fmt_bytes, fmt_num
+
+    tab = Table("α–β cost model per algorithm (time_s vs np and size_bytes, relative least squares)",
+                ["algo", "form", "α (µs)", "α 95% CI", "1/β (GB/s)", "β 95% CI (ns/B)", "R²",
+                 "SMAPE %", "obs", "np", "sizes"])
+    for f in fits:
+        tab.add(f.algo, f.formula, fmt_num(f.alpha_s * 1e6), _ci(f.alpha_ci95, 1e6),
+                fmt_num(f.bandwidth_GBps), _ci(f.beta_ci95, 1e9), fmt_num(f.r2), fmt_num(f.smape, 3),
+                f.n_obs, ",".join(map(str, f.nps)), f"{fmt_bytes(f.sizes[0])}–{fmt_bytes(f.sizes[-1])}")
+        tab.notes += [f"{f.algo}: {fl['message']}" for fl in f.flags]
+    return tab
+
+
+def prediction_table(fits: list[CostFit], preds: list[dict[str, Any]]):
+    """Predicted time and busbw per algorithm at each requested (np, size), and the fastest."""
+    from hpc.table import Table, fmt_bytes, fmt_num, fmt_time
+
+    tab = Table("Predicted allreduce time (busbw), extrapolated from the fitted α, β",
+                ["np", "size", *[f.algo for f in fits], "fastest"])
+    for pr in preds:
+        tab.add(pr["np"], fmt_bytes(pr["size_bytes"]),
+                *[f"{fmt_time(a['time_s'])} ({fmt_num(a['busbw_GBps'], 3)} GB/s)"
+                  for a in pr["algos"]], pr["fastest"])
+    tab.notes.append("the forms assume one rank per link (no contention, no node hierarchy): "
+                     "treat predictions far beyond the measured np as a ranking, not a promise")
+    return tab
+
+
 def run(args: argparse.Namespace) -> int:
     """`hpc fit PATH --law alpha-beta`: fit α, β per algorithm and predict at larger p and n."""
     from hpc.fit import load_records
-    from hpc.table import Table, fmt_bytes, fmt_num, fmt_time, print_tables
+    from hpc.table import print_tables
     from hpc.units import parse_size
 
     fits = fit_collective_records(load_records(args.path))
@@ -234,23 +268,6 @@ def run(args: argparse.Namespace) -> int:
                   sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
         return 0
-
-    def ci(c, scale=1.0):
-        return f"[{c[0] * scale:.3g}, {c[1] * scale:.3g}]" if c else "—"
-
-    tab = Table("α–β cost model per algorithm (time_s vs np and size_bytes, relative least squares)",
-                ["algo", "form", "α (µs)", "α 95% CI", "1/β (GB/s)", "β 95% CI (ns/B)", "R²",
-                 "SMAPE %", "obs", "np", "sizes"])
-    for f in fits:
-        tab.add(f.algo, f.formula, fmt_num(f.alpha_s * 1e6), ci(f.alpha_ci95, 1e6),
-                fmt_num(f.bandwidth_GBps), ci(f.beta_ci95, 1e9), fmt_num(f.r2), fmt_num(f.smape, 3),
-                f.n_obs, ",".join(map(str, f.nps)), f"{fmt_bytes(f.sizes[0])}–{fmt_bytes(f.sizes[-1])}")
-        tab.notes += [f"{f.algo}: {fl['message']}" for fl in f.flags]
-    ptab = Table("Predicted allreduce time (busbw) — extrapolated beyond the measured range",
-                 ["np", "size", *[f.algo for f in fits], "fastest"])
-    for pr in preds:
-        ptab.add(pr["np"], fmt_bytes(pr["size_bytes"]),
-                 *[f"{fmt_time(a['time_s'])} ({fmt_num(a['busbw_GBps'], 3)} GB/s)"
-                   for a in pr["algos"]], pr["fastest"])
-    print_tables([tab, ptab], "markdown" if getattr(args, "markdown", False) else "rich")
+    print_tables([fit_table(fits), prediction_table(fits, preds)],
+                 "markdown" if getattr(args, "markdown", False) else "rich")
     return 0
