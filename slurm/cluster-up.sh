@@ -79,7 +79,7 @@ if [ -d "$ROOT/run" ] && compgen -G "$ROOT/run/*.pid" >/dev/null; then
     fi
     say "removing the remains of a stopped cluster at $ROOT"
 fi
-rm -rf "$ROOT"/{etc,state,log,run,tmp,spool,munge,env}
+rm -rf "$ROOT"/{etc,state,log,run,tmp,spool,munge,env,hostnames}
 
 # ---- ports and names -------------------------------------------------------------------------
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -190,8 +190,21 @@ for _ in $(seq 100); do [ -S "$ROOT/munge/munged.sock" ] && break; sleep 0.05; d
 [ -S "$ROOT/munge/munged.sock" ] || fail munged "munged did not create its socket"
 
 start slurmctld slurmctld -D -f "$CONF"
+# Each slurmd in its own UTS namespace, so that jobs on node cN see hostname cN (srun --mpi=pmix needs
+# distinct hostnames once a node runs 3+ ranks). Without CAP_SYS_ADMIN (e.g. an unprivileged
+# container) fall back to shared hostnames: mpirun still works.
+if unshare --uts true 2>/dev/null; then
+    echo per-node >"$ROOT/hostnames"
+else
+    echo shared >"$ROOT/hostnames"
+    say "warning: unshare --uts is not permitted; all nodes share this machine's hostname"
+fi
 for ((i = 1; i <= NODES; i++)); do
-    start "slurmd-c$i" unshare --uts sh -c "hostname c$i && exec slurmd -D -N c$i -f '$CONF'"
+    if [ "$(cat "$ROOT/hostnames")" = per-node ]; then
+        start "slurmd-c$i" unshare --uts sh -c "hostname c$i && exec slurmd -D -N c$i -f '$CONF'"
+    else
+        start "slurmd-c$i" slurmd -D -N "c$i" -f "$CONF"
+    fi
 done
 
 say "cluster $NAME: $NODES nodes x $CPUS CPUs, ports $PORT..$((PORT + NODES)), root $ROOT"

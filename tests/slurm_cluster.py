@@ -29,6 +29,7 @@ class Cluster:
     env: dict[str, str]
     nodes: list[str] = field(default_factory=list)
     cpus_per_node: int = 0
+    own_hostnames: bool = True  # each node's jobs see hostname cN (False where unshare --uts is refused)
 
     @property
     def conf(self) -> str:
@@ -65,7 +66,9 @@ def start_cluster(root: Path, timeout: float = 300) -> Cluster:
     info = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True, text=True,
                           timeout=30, env=env, check=True)
     rows = sorted({tuple(ln.split()) for ln in info.stdout.splitlines() if ln.strip()})
-    return Cluster(root=root, env=env, nodes=[r[0] for r in rows], cpus_per_node=min(int(r[1]) for r in rows))
+    own = (root / "hostnames").read_text().strip() == "per-node"
+    return Cluster(root=root, env=env, nodes=[r[0] for r in rows], cpus_per_node=min(int(r[1]) for r in rows),
+                   own_hostnames=own)
 
 
 def stop_cluster(root: Path, timeout: float = 120) -> None:
