@@ -150,7 +150,7 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     try:
         proc = subprocess.Popen(argv, stdout=log if log is not None else None, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=child_env, text=True, bufsize=1,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     except OSError as exc:
         raise HpcError(f"cannot start {argv[0]}: {exc.strerror}") from None
     filt = _StderrFilter(log if log is not None else sys.stderr)
@@ -167,6 +167,16 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
         raise
     reader.join(timeout=5)
     return LaunchResult(proc.returncode, filt.first_error, timed_out)
+
+
+def _die_with_parent() -> None:
+    """Linux: mpirun gets SIGTERM when we die, so a killed `hpc` leaves no orphaned job behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     plan = make_plan(args)
-    con = Console(stderr=False, highlight=False)
+    con = Console(highlight=False, soft_wrap=True)
     todo = [pt for pt in plan.points if not is_done(plan, pt)]
     skipped = len(plan.points) - len(todo)
     if skipped:
@@ -238,9 +238,7 @@ def run_local(plan: Plan, todo: list[Point], args: argparse.Namespace, con) -> i
 def run_point_local(plan: Plan, pt: Point, timeout: float) -> tuple[str, str | None, float]:
     """One point under mpirun: its records land in points/ only if it finished ok."""
     final = point_file(plan, pt)
-    tmp = final.with_name(final.name + ".tmp")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp.unlink(missing_ok=True)
+    tmp = attempt_file(final)
     env = dict(os.environ, **point_env(plan, pt))
     env["HPC_ARGV"] = json.dumps(["hpc", *plan.workload, "--np", str(pt.np)])
     log_path = plan.out / "logs" / f"{pt.id}.log"
@@ -250,6 +248,14 @@ def run_point_local(plan: Plan, pt: Point, timeout: float) -> tuple[str, str | N
     seconds = time.monotonic() - start
     error = launch.describe_failure(result, pt.np, timeout)
     return finish_point(plan, pt, tmp, "timeout" if result.timed_out else "failed", error) + (seconds,)
+
+
+def attempt_file(final: Path) -> Path:
+    """A records file of this attempt only: a leftover job of a killed sweep can never write into it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(final.name + ".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def finish_point(plan: Plan, pt: Point, tmp: Path, bad_status: str, error: str | None) -> tuple[str, str | None]:

@@ -14,14 +14,12 @@ from pathlib import Path
 
 from hpc import slurm
 from hpc.errors import HpcError
-from hpc.sweep import Plan, Point, finish_point, point_env, point_file
+from hpc.sweep import Plan, Point, attempt_file, finish_point, point_env, point_file
 
 
-def script_for(plan: Plan, pt: Point, args: argparse.Namespace) -> Path:
+def script_for(plan: Plan, pt: Point, tmp: Path, args: argparse.Namespace) -> Path:
     """Render and write the sbatch script of one point; return its path."""
     final = point_file(plan, pt)
-    tmp = final.with_name(final.name + ".tmp")
-    final.parent.mkdir(parents=True, exist_ok=True)
     (plan.out / "logs").mkdir(parents=True, exist_ok=True)
     ranks = [sys.executable, "-m", "mpi4py", "-m", "hpc", *plan.workload, "--json", str(tmp.resolve())]
     command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final.resolve()))}"
@@ -53,7 +51,8 @@ def run_points(plan: Plan, todo: list[Point], args: argparse.Namespace, con) -> 
     if not args.dry_run:
         slurm.require_sbatch()
         check_fits(plan, todo, args.partition)
-    scripts = {pt: script_for(plan, pt, args) for pt in todo}
+    tmp_files = {pt: attempt_file(point_file(plan, pt)) for pt in todo}
+    scripts = {pt: script_for(plan, pt, tmp_files[pt], args) for pt in todo}
     if args.dry_run:
         con.print(f"wrote {len(scripts)} sbatch script(s); submit them with:")
         for path in scripts.values():
@@ -78,7 +77,7 @@ def run_points(plan: Plan, todo: list[Point], args: argparse.Namespace, con) -> 
     for job_id, pt in jobs.items():
         state = states.get(job_id)
         final = point_file(plan, pt)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = tmp_files[pt]
         if state is not None and state.ok and final.exists():
             status, error = "ok", None
         else:

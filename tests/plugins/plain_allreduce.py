@@ -59,3 +59,10 @@ def deadlocks(comm, sendbuf, recvbuf, op=MPI.SUM):
     """Every rank waits for a message nobody sends."""
     if comm.size > 1:
         comm.Recv(np.empty(1), source=(comm.rank + 1) % comm.size, tag=99)
+
+
+def fails_with_two_ranks(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Correct on any rank count but two: a sweep must record that point failed and go on."""
+    if comm.size == 2:
+        raise RuntimeError("two ranks are not supported")
+    allreduce(comm, sendbuf, recvbuf, op)
