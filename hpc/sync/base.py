@@ -51,6 +51,7 @@ class TrainContext:
     opts: TrainOptions
     collective: Any = None  # hpc.registry.Collective for `own`
     stage: int = 0          # DeepSpeed ZeRO stage
+    batch: int = 1          # samples per rank per step
     local_rank: int = 0
     local_size: int = 1
 
