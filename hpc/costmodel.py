@@ -34,8 +34,12 @@ _ALIASES = {"rd": "recursive_doubling", "recursive-doubling": "recursive_doublin
 
 
 def form_for(algo: str) -> str:
-    """The cost-model form used for an algorithm name (mpi, ps and unknown ones use the ring form)."""
-    key = str(algo).strip().lower().split(":")[-1].split(".")[-1]
+    """The cost-model form for an algorithm name or spec (mpi, ps, auto and unknown: the ring form)."""
+    key = str(algo).strip().lower()
+    if ":" in key:  # a spec: package.module:func or path/to/file.py:func -> the module's name
+        key = key.rsplit(":", 1)[0]
+        key = key[:-3].replace("\\", "/").rsplit("/", 1)[-1] if key.endswith(".py") else key
+    key = key.rsplit(".", 1)[-1]
     key = _ALIASES.get(key, key)
     if key in FORMS:
         return key

@@ -61,7 +61,8 @@ def normalize_law(law: str | None) -> str | None:
         return None
     key = str(law).strip().lower()
     if key not in _LAW_ALIASES:
-        raise HpcError(f"unknown law {law!r}: use amdahl (strong scaling) or gustafson (weak scaling)")
+        raise HpcError(f"unknown law {law!r}: use amdahl (strong scaling), gustafson (weak scaling) "
+                       "or alpha-beta (collective cost model)")
     return _LAW_ALIASES[key]
 
 
@@ -199,7 +200,12 @@ def _grid_min_p(law: str, n, ys, grid):
 
 
 def bootstrap_p(n, t, law: str, resamples: int, seed: int = 0) -> tuple[float, float] | None:
-    """Percentile 95% CI of P from refits on repetitions resampled with replacement within each N."""
+    """Percentile 95% CI of P from refits on repetitions resampled with replacement within each N.
+
+    Resampled deviations from each N's mean are scaled by sqrt(m/(m−1)) so that a handful of
+    repetitions does not shrink the spread; even so it covers ≈ 92% (vs 95%) with 5 reps per N,
+    so `ci95` (covariance) stays the reported interval and this one is a cross-check.
+    """
     import numpy as np
 
     if resamples <= 0:
@@ -210,12 +216,18 @@ def bootstrap_p(n, t, law: str, resamples: int, seed: int = 0) -> tuple[float, f
     n, y = n[order], y[order]
     rng = np.random.default_rng(seed)
     idx = np.empty((resamples, n.size), dtype=int)
+    centre = np.empty_like(y)
+    scale = np.ones_like(y)
     for v in np.unique(n):
         g = np.flatnonzero(n == v)
         idx[:, g] = rng.choice(g, size=(resamples, g.size), replace=True)
+        centre[g] = y[g].mean()
+        if g.size > 1:  # undo the (m-1)/m variance shrinkage of resampling m values
+            scale[g] = math.sqrt(g.size / (g.size - 1.0))
+    ys = centre + scale * (y - centre)[idx]
     ps = []
     for chunk in np.array_split(np.arange(resamples), max(1, resamples // 250)):
-        ps.append(_grid_min_p(law, n, y[idx[chunk]], np.linspace(0.0, 1.0, 201)))
+        ps.append(_grid_min_p(law, n, ys[chunk], np.linspace(0.0, 1.0, 201)))
     lo, hi = np.percentile(np.concatenate(ps), [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -678,8 +690,11 @@ def fit_path(path: str | Path, law: str | None = None, *, bootstrap: int = 0, se
     if _is_csv(path):
         n, t = load_csv(path)
         law = normalize_law(law) or AMDAHL
-        return [fit_law(n, t, law, bootstrap=bootstrap, seed=seed, label=path.name,
-                        group={"source": str(path)})]
+        try:
+            return [fit_law(n, t, law, bootstrap=bootstrap, seed=seed, label=path.name,
+                            group={"source": str(path)})]
+        except HpcError as e:
+            raise HpcError(f"{path}: {e}") from None
     return fit_records(load_records(path), law, bootstrap=bootstrap, seed=seed, skipped=skipped)
 
 
