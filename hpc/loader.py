@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -312,49 +313,69 @@ class ShardedLoader:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         if self._file is None:
             raise HpcError(f"{self.path}: loader is closed")
-        batches = self._batches(self.pieces(),
-                                np.random.default_rng([self.seed, self.epoch, self.rank, _ROW_SALT]))
-        if self.prefetch == 0:
-            return batches
-        return _prefetched(batches, self.prefetch)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, _ROW_SALT])
+        groups = self._groups(self.pieces(), rng)
+        if self.prefetch:
+            groups = _prefetched(groups, self.prefetch)
+        return (batch for group in groups for batch in group)
 
-    def _batches(self, pieces: list[tuple[int, int]],
-                 rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Read piece after piece, shuffle rows inside each, and cut the stream into batches."""
-        bsz, xds, yds = self.batch_size, self._x, self._y
-        xbuf = np.empty((self.block_rows,) + xds.shape[1:], xds.dtype)
-        ybuf = np.empty((self.block_rows,) + yds.shape[1:], yds.dtype) if yds is not None else None
-        bx, by, fill = self._new_batch(), self._new_batch(y=True), 0
+    def _groups(self, pieces: list[tuple[int, int]],
+                rng: np.random.Generator) -> Iterator[list[tuple[np.ndarray, np.ndarray | None]]]:
+        """Read piece after piece, permute its rows, and yield the batches each one completes.
+
+        Batches are views of one array per piece (only a batch that spans two pieces is copied
+        together). Those arrays come from a pool that reuses an array only once nothing else
+        references it, so a caller may keep a batch as long as it likes. Handing over all the
+        batches of a piece at once keeps the prefetch thread's overhead per read, not per batch.
+        """
+        bsz, pool = self.batch_size, _Pool(self.prefetch + 4)
+        dsets = [ds for ds in (self._x, self._y) if ds is not None]
+        scratch = [np.empty((self.block_rows,) + ds.shape[1:], ds.dtype) if self.shuffle else None
+                   for ds in dsets]
+        carry: list[list[np.ndarray]] = []  # row runs (one array per dataset) of a started batch
+        fill = 0
         for a, b in pieces:
-            m = b - a
-            self._read(xds, a, b, xbuf)
-            if yds is not None:
-                self._read(yds, a, b, ybuf)
-            idx = rng.permutation(m) if self.shuffle else None
-            pos = 0
-            while pos < m:
-                take = min(bsz - fill, m - pos)
-                _copy_rows(xbuf, idx, pos, take, bx, fill)
-                if by is not None:
-                    _copy_rows(ybuf, idx, pos, take, by, fill)
-                fill, pos = fill + take, pos + take
+            m, pos, group = b - a, 0, []
+            perm = rng.permutation(m) if self.shuffle and m > 1 else None
+            arrays = [self._load(ds, a, b, perm, buf, pool) for ds, buf in zip(dsets, scratch)]
+            if fill:
+                pos = min(bsz - fill, m)
+                carry.append([arr[:pos] for arr in arrays])
+                fill += pos
                 if fill == bsz:
-                    yield bx, by
-                    bx, by, fill = self._new_batch(), self._new_batch(y=True), 0
+                    group.append(self._pair(_join(carry, pool)))
+                    carry, fill = [], 0
+            while m - pos >= bsz:
+                group.append(self._pair([arr[pos:pos + bsz] for arr in arrays]))
+                pos += bsz
+            if pos < m:
+                carry.append([arr[pos:] for arr in arrays])
+                fill += m - pos
+            if group:
+                yield group
+            del group, arrays  # let the pool see these arrays as free once the caller is done
         if fill and not self.drop_last:
-            yield bx[:fill], (by[:fill] if by is not None else None)
+            yield [self._pair(_join(carry, pool))]
 
-    def _new_batch(self, y: bool = False) -> np.ndarray | None:
-        ds = self._y if y else self._x
-        if ds is None:
-            return None
-        return np.empty((self.batch_size,) + ds.shape[1:], ds.dtype)
+    def _pair(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        return arrays[0], (arrays[1] if self._y is not None else None)
+
+    def _load(self, ds: Any, start: int, stop: int, perm: np.ndarray | None,
+              scratch: np.ndarray | None, pool: "_Pool") -> np.ndarray:
+        """Rows [start, stop) of `ds` in `perm` order, in a pooled array (one hyperslab read)."""
+        out = pool.get((self.block_rows,) + ds.shape[1:], ds.dtype)[:stop - start]
+        if perm is None:
+            self._read(ds, start, stop, out)
+        else:
+            self._read(ds, start, stop, scratch[:stop - start])
+            np.take(scratch[:stop - start], perm, axis=0, out=out, mode="clip")  # no buffering
+        return out
 
     def _read(self, ds: Any, start: int, stop: int, out: np.ndarray) -> None:
-        """One hyperslab read of rows [start, stop) into the front of `out`."""
+        """One hyperslab read of rows [start, stop) into `out`."""
         try:
-            ds.read_direct(out, np.s_[start:stop], np.s_[0:stop - start])
-        except (OSError, ValueError, RuntimeError) as exc:
+            ds.read_direct(out, np.s_[start:stop])
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:
             raise HpcError(f"{self.path}: failed to read rows {start}:{stop} of {ds.name!r} "
                            f"(corrupt file?): {_one_line(exc)}") from None
 
@@ -379,13 +400,44 @@ class ShardedLoader:
             pass
 
 
-def _copy_rows(src: np.ndarray, idx: np.ndarray | None, pos: int, take: int,
-               dst: np.ndarray, at: int) -> None:
-    """dst[at:at+take] = rows pos..pos+take of src, through the permutation idx if given."""
-    if idx is None:
-        dst[at:at + take] = src[pos:pos + take]
-    else:
-        np.take(src, idx[pos:pos + take], axis=0, out=dst[at:at + take])
+def _join(runs: list[list[np.ndarray]], pool: "_Pool") -> list[np.ndarray]:
+    """One batch (an array per dataset) from the row runs of consecutive pieces."""
+    if len(runs) == 1:
+        return runs[0]
+    out = []
+    for parts in zip(*runs):
+        rows = sum(len(p) for p in parts)
+        dest = pool.get((rows,) + parts[0].shape[1:], parts[0].dtype)
+        out.append(np.concatenate(parts, out=dest))
+    return out
+
+
+class _Pool:
+    """Arrays handed out again once nothing else references them (fresh pages cost page faults).
+
+    Safe because every numpy view keeps its base array referenced: an array whose reference
+    count is back to the pool's own is in no batch anyone holds. Used by one thread only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.arrays: dict[tuple, list[np.ndarray]] = {}
+        probe = [np.empty(0)]
+        self.idle = sys.getrefcount(probe[0])
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self.enabled = gil and hasattr(sys, "getrefcount")  # refcounts are exact with a GIL
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if not self.enabled:
+            return np.empty(shape, dtype)
+        kept = self.arrays.setdefault((shape, np.dtype(dtype).str), [])
+        for i in range(len(kept)):
+            if sys.getrefcount(kept[i]) <= self.idle:
+                return kept[i]
+        arr = np.empty(shape, dtype)
+        if len(kept) < self.limit:
+            kept.append(arr)
+        return arr
 
 
 class _Raised:

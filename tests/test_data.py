@@ -179,6 +179,23 @@ def test_prefetch_gives_the_same_batches_and_stops_early(indexed):
         assert sum(1 for _ in loader) == len(loader)
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batches_kept_by_the_caller_are_never_overwritten(indexed, prefetch):
+    """Read buffers are recycled, but only once no batch that uses them is still held."""
+    kept, snapshot = [], []
+    with ShardedLoader(indexed, 0, 1, batch_size=5, prefetch=prefetch, block_bytes=300) as loader:
+        for i, (x, y) in enumerate(loader):
+            if i % 3 == 0:
+                kept.append((x, y[1:]))  # a view of a view keeps the buffer busy too
+                snapshot.append((x.copy(), y[1:].copy()))
+        loader.set_epoch(1)
+        seen = np.concatenate([y for _, y in loader])  # many buffers recycled meanwhile
+    assert sorted(seen) == list(range(1003))
+    for (x, y), (x0, y0) in zip(kept, snapshot):
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(y, y0)
+
+
 def test_weak_loader_shards(indexed):
     seen = [np.concatenate(_epoch(indexed, r, 4, mode="weak", samples_per_rank=200,
                                   batch_size=64, global_shuffle=True)) for r in range(4)]
