@@ -269,8 +269,9 @@ def _parse_job_line(line: str) -> JobState:
     ec = _field(line, "ExitCode")
     if ec and re.fullmatch(r"\d+:\d+", ec):
         code, sig = (int(x) for x in ec.split(":"))
+    reason = _field(line, "Reason")
     return JobState(job_id=job_id, state=(_field(line, "JobState") or "UNKNOWN").split("+")[0],
-                    exit_code=code, signal=sig, reason=_field(line, "Reason"),
+                    exit_code=code, signal=sig, reason=None if reason == "None" else reason,
                     nodes=_field(line, "NodeList"), stdout=_field(line, "StdOut"),
                     stderr=_field(line, "StdErr"))
 
@@ -301,37 +302,81 @@ def query(job_id: str, env: Mapping[str, str] | None = None) -> list[JobState]:
         if "Invalid job id" in msg:
             return []
         raise HpcError(f"scontrol show job {job_id} failed: {msg}")
-    return [_parse_job_line(ln) for ln in proc.stdout.splitlines() if ln.startswith("JobId=")]
+    found = [_parse_job_line(ln) for ln in proc.stdout.splitlines() if ln.startswith("JobId=")]
+    return sorted(found, key=lambda st: [int(x) if x.isdigit() else 0 for x in re.split(r"[_\[\]-]", st.job_id)])
+
+
+def _queue(job_ids: Sequence[str], env: Mapping[str, str] | None) -> dict[str, list[JobState]] | None:
+    """One `squeue` call for many jobs: {job id asked for: its entries}; None when squeue failed."""
+    asked = set(job_ids)
+    out: dict[str, list[JobState]] = {}
+    for i in range(0, len(job_ids), 200):
+        chunk = job_ids[i:i + 200]
+        proc = _run(["squeue", "-h", "-t", "all", "-j", ",".join(chunk), "-o", "%i|%T|%r|%F|%N"], env)
+        if proc.returncode != 0:
+            if "Invalid job id" in _first_error_line(proc):
+                continue  # none of these jobs is known any more
+            return None
+        for line in proc.stdout.splitlines():
+            fields = line.strip().split("|")
+            if len(fields) != 5:
+                continue
+            entry, state, reason, array_id, nodes = fields
+            owner = entry if entry in asked else array_id if array_id in asked else None
+            if owner is not None:
+                out.setdefault(owner, []).append(JobState(entry if "_" in entry else owner, state,
+                                                          reason=None if reason == "None" else reason,
+                                                          nodes=nodes or None))
+    return out
 
 
 def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
          *, env: Mapping[str, str] | None = None) -> dict[str, JobState]:
     """Poll until every job is done; return {job id: JobState} (array jobs give one entry per task).
 
-    A job Slurm has forgotten (older than MinJobAge) is looked up in the jobcomp log, else reported
-    as state UNKNOWN. Raises SlurmTimeout (an HpcError carrying `.states`) after timeout_s.
+    One squeue call per poll for all jobs; `scontrol show job` once a job has ended, for its exit
+    code. A job Slurm has forgotten (older than MinJobAge) is looked up in the jobcomp log, else
+    reported as state UNKNOWN. Raises SlurmTimeout (an HpcError carrying `.states`) after timeout_s.
     """
-    pending = [str(j) for j in job_ids]
+    pending = list(dict.fromkeys(str(j) for j in job_ids))
     states: dict[str, JobState] = {}
     keys: dict[str, list[str]] = {}  # job id asked for -> keys of `states` it produced
+
+    def record(job_id: str, found: list[JobState]) -> None:
+        for key in keys.pop(job_id, ()):
+            states.pop(key, None)  # an array's pending remainder ("12_[3-5]") splits into tasks
+        keys[job_id] = [st.job_id if "_" in st.job_id else job_id for st in found]
+        states.update(zip(keys[job_id], found))
+
     deadline = time.monotonic() + timeout_s
+    answered = time.monotonic()
     while True:
+        queue = _queue(pending, env)
+        if queue is None and time.monotonic() - answered > 60:
+            raise HpcError("squeue has failed for 60s while waiting for Slurm jobs (is slurmctld up?)")
         still = []
         for job_id in pending:
+            if queue is None:
+                still.append(job_id)  # squeue failed this time: ask again at the next poll
+                continue
+            entries = queue.get(job_id, [])
+            if entries and not all(st.done and "[" not in st.job_id for st in entries):
+                record(job_id, entries)
+                still.append(job_id)
+                continue
             found = query(job_id, env)
             if not found:
                 found = [_jobcomp_states(env).get(job_id, JobState(job_id, "UNKNOWN", reason="vanished"))]
-            for key in keys.pop(job_id, ()):
-                states.pop(key, None)  # an array's pending remainder ("12_[3-5]") splits into tasks
-            keys[job_id] = [st.job_id if "_" in st.job_id else job_id for st in found]
-            states.update(zip(keys[job_id], found))
+            record(job_id, found)
             if not all(st.done for st in found):
                 still.append(job_id)
+        if queue is not None:
+            answered = time.monotonic()
         pending = still
         if not pending:
             return states
         if time.monotonic() >= deadline:
-            busy = ", ".join(f"{k} ({v.state}{': ' + v.reason if v.reason and v.reason != 'None' else ''})"
+            busy = ", ".join(f"{k} ({v.state}{': ' + v.reason if v.reason else ''})"
                              for k, v in states.items() if not v.done)
             raise SlurmTimeout(f"Slurm jobs not finished after {timeout_s:g}s: {busy}", states)
         time.sleep(poll_s)
@@ -395,7 +440,7 @@ def error_line(state: JobState, tail: int = 1) -> str:
         what += f" (exit {state.exit_code})"
     if state.signal:
         what += f" (signal {state.signal})"
-    if state.reason and state.reason not in ("None", "NonZeroExitCode"):
+    if state.reason and state.reason != "NonZeroExitCode":
         what += f" [{state.reason}]"
     if state.nodes:
         what += f" on {state.nodes}"

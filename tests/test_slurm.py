@@ -88,6 +88,9 @@ def test_failing_job_reports_exit_code(slurm_cluster, jobdir):
     assert st.state == "FAILED" and st.exit_code == 3 and not st.ok
     msg = slurm.error_line(st)
     assert msg.startswith(f"Slurm job {job} FAILED (exit 3)") and msg.endswith("disk on fire"), msg
+    # What wait() falls back to once scontrol has forgotten the job (after MinJobAge): the jobcomp log.
+    logged = slurm._jobcomp_states(slurm_cluster.env)[job]
+    assert (logged.state, logged.exit_code, logged.nodes) == ("FAILED", 3, st.nodes)
 
 
 def test_afterok_chain_runs_in_order_and_stops_after_a_failure(slurm_cluster, jobdir):
