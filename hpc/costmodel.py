@@ -93,14 +93,14 @@ class CostFit:
     def predict(self, p, n):
         """Predicted time (s) at rank count(s) p and size(s) n, with a 95% CI of the mean."""
         import numpy as np
-        from scipy import stats
+        from scipy.special import stdtrit
 
         x = design(self.form, np.atleast_1d(p), np.atleast_1d(n))
         t = x @ np.array([self.alpha_s, self.beta_s_per_byte])
         if self.cov is None or self.dof <= 0:
             return t, None
         se = np.sqrt(np.einsum("ij,jk,ik->i", x, np.array(self.cov), x))
-        q = float(stats.t.ppf(0.975, self.dof))
+        q = float(stdtrit(self.dof, 0.975))
         return t, np.column_stack([np.maximum(t - q * se, 0.0), t + q * se])
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class CostFit:
 def fit_costmodel(p, n, t, algo: str) -> CostFit:
     """Fit α, β ≥ 0 of `algo`'s form to times t (s) at rank counts p and sizes n (bytes)."""
     import numpy as np
-    from scipy import stats
+    from scipy.special import stdtrit
     from scipy.optimize import nnls
 
     p = np.asarray(p, dtype=float)
@@ -139,7 +139,7 @@ def fit_costmodel(p, n, t, algo: str) -> CostFit:
     if dof > 0:
         s2 = float(resid @ resid) / dof
         c = s2 * np.linalg.pinv(xw.T @ xw)
-        q = float(stats.t.ppf(0.975, dof))
+        q = float(stdtrit(dof, 0.975))
         se = np.sqrt(np.maximum(np.diag(c), 0.0))
         ci_a = [max(0.0, float(theta[0] - q * se[0])), float(theta[0] + q * se[0])]
         ci_b = [max(0.0, float(theta[1] - q * se[1])), float(theta[1] + q * se[1])]

@@ -140,7 +140,7 @@ class CoreFit:
 def fit_core(n, t, law: str) -> CoreFit:
     """Fit T(N) = T1·g(N; P) to every (N, time) observation in log space; P constrained to [0, 1]."""
     import numpy as np
-    from scipy import stats
+    from scipy.special import stdtrit
 
     n = np.asarray(n, dtype=float)
     y = np.log(np.asarray(t, dtype=float))
@@ -157,7 +157,7 @@ def fit_core(n, t, law: str) -> CoreFit:
         cov = (rss / dof) * np.linalg.pinv(jac.T @ jac)
         p_se = float(math.sqrt(max(cov[1, 1], 0.0)))
         t1_se = float(math.sqrt(max(cov[0, 0], 0.0)))
-        q = float(stats.t.ppf(0.975, dof))
+        q = float(stdtrit(dof, 0.975))
         ci = (max(0.0, p - q * p_se), min(1.0, p + q * p_se))
         t1ci = (math.exp(logt1 - q * t1_se), math.exp(logt1 + q * t1_se))
     return CoreFit(law, p, p_unc, math.exp(logt1), p_se, ci, t1ci, rss, nobs, dof)

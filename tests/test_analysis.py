@@ -1,0 +1,204 @@
+"""compare / plot / report on small record sets written by the tests (real files, real CLI)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import pytest
+
+from hpc import compare
+from tests.helpers import hpc, one_error_line
+from tests.test_fit import coll_records, train_records, write_records
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A sweep directory: strong + weak training for three sync schemes, collectives for three algos."""
+    d = tmp_path_factory.mktemp("sweep")
+    write_records(d / "train_strong.jsonl",
+                  train_records("mpi", 0.93, "strong", seed=1)
+                  + train_records("ring", 0.95, "strong", seed=2)
+                  + train_records("ps", 0.80, "strong", seed=3)
+                  + train_records("ps", 0.80, "strong", nps=(8,), reps=1, seed=9, status="timeout"))
+    write_records(d / "train_weak.jsonl",
+                  train_records("mpi", 0.96, "weak", seed=4) + train_records("ring", 0.97, "weak", seed=5))
+    write_records(d / "coll" / "allreduce.jsonl",
+                  coll_records("mpi", 3e-6, 6.0, seed=6) + coll_records("ring", 5e-6, 5.0, seed=7)
+                  + coll_records("recursive_doubling", 4e-6, 3.0, seed=8))
+    return d
+
+
+# ---------------------------------------------------------------- compare: pure functions
+
+def test_compare_samples_verdicts_follow_metric_direction():
+    a = [1.00, 1.01, 0.99, 1.02, 0.98]
+    slower = [x * 1.2 for x in a]
+    r = compare.compare_samples(a, slower, higher_is_better=False)
+    assert r["verdict"] == "worse" and r["worse_pct"] == pytest.approx(20.0, rel=1e-6)
+    assert r["p_value"] < 0.05
+    r = compare.compare_samples(a, slower, higher_is_better=True)  # e.g. busbw went up 20%
+    assert r["verdict"] == "better" and r["worse_pct"] < 0
+    same = compare.compare_samples(a, [x * 1.01 for x in a], higher_is_better=False)
+    assert same["verdict"] == "same"
+
+
+def test_compare_noise_band_absorbs_noisy_differences():
+    a = [1.0, 1.5, 0.7, 1.3, 0.8]
+    b = [x * 1.1 for x in a]
+    r = compare.compare_samples(a, b, higher_is_better=False)
+    assert r["band_pct"] > 10 and r["verdict"] == "same"
+
+
+def test_compare_mann_whitney_only_where_it_can_decide():
+    r = compare.compare_samples([1.0, 1.01, 0.99], [2.0, 2.01, 1.99], higher_is_better=False)
+    assert r["p_value"] is None and r["verdict"] == "worse"  # 3 vs 3 reps: band only
+    r = compare.compare_samples([1.0] * 4 + [1.01], [2.0, 2.02, 1.98, 2.01, 1.99], False)
+    assert r["p_value"] is not None and r["p_value"] < 0.05
+
+
+# ---------------------------------------------------------------- compare: CLI
+
+def test_cli_compare_regression_gate(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_records(a, train_records("ring", 0.95, "strong", seed=1)
+                  + train_records("mpi", 0.93, "strong", seed=2))
+    write_records(b, train_records("ring", 0.95, "strong", seed=3)
+                  + train_records("mpi", 0.93, "strong", seed=4, t1=0.25))   # mpi 25% slower
+    proc = hpc("compare", str(a), str(b), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 8
+    for r in rows:
+        assert r["metric"] == "throughput" and r["higher_is_better"]
+        assert r["verdict"] == ("worse" if r["name"] == "mpi" else "same"), r
+    gate = hpc("compare", str(a), str(b), "--fail-if-worse", "10", timeout=120)
+    assert gate.returncode == 1
+    assert "worse by more than 10%" in gate.stderr and "mpi" in gate.stderr
+    assert "Traceback" not in gate.stderr
+    loose = hpc("compare", str(a), str(b), "--fail-if-worse", "40", timeout=120)
+    assert loose.returncode == 0, loose.stderr
+    from hpc.records import load
+
+    rows, notes = compare.compare_records(load(a), load(a))
+    assert {r["verdict"] for r in rows} == {"same"} and not notes
+
+
+def test_cli_compare_markdown_and_csv(tmp_path, sweep):
+    a = sweep / "train_strong.jsonl"
+    b = tmp_path / "b.jsonl"
+    write_records(b, train_records("ring", 0.95, "strong", seed=12))
+    md = hpc("compare", str(a), str(b), "--markdown", timeout=120)
+    assert md.returncode == 0, md.stderr
+    assert re.search(r"^\| point \| algo \| metric \|", md.stdout, re.M)
+    assert "only in A" in md.stdout
+    out = hpc("compare", str(a), str(b), "--csv", timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 4 and {r["algo"] for r in rows} == {"ring"}
+    assert all(r["verdict"] in ("better", "worse", "same") for r in rows)
+
+
+def test_cli_compare_collectives_use_busbw(sweep, tmp_path):
+    b = tmp_path / "b.jsonl"
+    write_records(b, coll_records("ring", 5e-6, 2.5, seed=17))   # half the bandwidth
+    proc = hpc("compare", str(sweep / "coll"), str(b), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["np"], r["variant"]): r for r in json.loads(proc.stdout)}
+    big = rows[(4, 1 << 22)]
+    assert big["metric"] == "busbw" and big["verdict"] == "worse" and 30 < big["worse_pct"] < 60
+    assert rows[(1, 1 << 22)]["metric"] == "time"          # busbw is 0 on one rank
+    assert rows[(4, 8)]["verdict"] == "same"                # latency-bound: α unchanged
+
+
+def test_cli_compare_baseline_mode(sweep):
+    proc = hpc("compare", str(sweep), "--baseline", "mpi", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    train = [r for r in rows if r["kind"] == "train" and r["np"] == 8 and r["variant"] == "mlp"]
+    verdicts = {(r["name"], r["label"].split("(")[-1]): r["verdict"] for r in train}
+    assert verdicts[("ps", "strong)")] == "worse"      # P = 0.80 vs mpi's 0.93
+    assert verdicts[("ring", "strong)")] == "better"   # P = 0.95 vs 0.93
+    assert all(r["baseline"] == "mpi" for r in rows)
+    summary = compare.baseline_summary(rows).to_markdown()
+    assert "geomean" in summary and "| ps |" in summary and "| recursive_doubling |" in summary
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--baseline", "nccl"], "not in the records"),
+    ([], "nothing to compare"),
+])
+def test_cli_compare_bad_input(sweep, args, msg):
+    assert msg in one_error_line(hpc("compare", str(sweep), *args, timeout=120))
+
+
+def test_cli_compare_no_matching_points(tmp_path, sweep):
+    b = tmp_path / "b.jsonl"
+    write_records(b, train_records("ring", 0.95, "strong", nps=(16, 32)))
+    assert "no matching points" in one_error_line(
+        hpc("compare", str(sweep / "train_strong.jsonl"), str(b), timeout=120))
+
+
+# ---------------------------------------------------------------- plot
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_cli_plot_sweep(tmp_path, sweep):
+    out = tmp_path / "figs" / "sweep.png"
+    proc = hpc("plot", str(sweep), "-o", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    w, h = _png_size(out)
+    assert w >= 1000 and h >= 1500   # 2 columns × 4 rows of panels
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out)
+    assert img.std() > 0.05          # not a blank canvas
+
+
+def test_cli_plot_csv(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("np,time_s\n" + "".join(f"{n},{1.0 / n + 0.05 + 0.001 * i}\n"
+                                           for n in (1, 2, 4, 8) for i in range(3)))
+    out = tmp_path / "t.png"
+    proc = hpc("plot", str(path), "-o", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    w, h = _png_size(out)
+    assert w > h > 300     # one row: speedup and efficiency side by side
+
+
+def test_cli_plot_bad_output(tmp_path, sweep):
+    assert ".png" in one_error_line(hpc("plot", str(sweep), "-o", str(tmp_path / "x.pdf"), timeout=120))
+
+
+# ---------------------------------------------------------------- report
+
+def test_cli_report(tmp_path, sweep):
+    out = tmp_path / "rep" / "README.md"
+    proc = hpc("report", str(sweep), "-o", str(out), "--bootstrap", "50", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    for section in ("## Provenance", "## Scaling fits", "## Plots", "## Comparison against the baseline",
+                    "## Collective cost model", "Failed or timed-out points", "Karp–Flatt"):
+        assert section in text, section
+    assert "Open MPI v5.0.5" in text and "0123456789ab" in text
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert len(images) == 2
+    for name in images:
+        _png_size(out.parent / name)
+    assert "| train | ring | mlp | amdahl |" in text
+    assert "timeout" in text
+
+
+def test_cli_report_default_location(tmp_path):
+    d = tmp_path / "only_failed"
+    write_records(d / "r.jsonl", train_records("ring", 0.9, "strong", status="failed"))
+    proc = hpc("report", str(d), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (d / "REPORT.md").read_text()
+    assert "No ok records" in text and "rank 1 died" in text
