@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -18,6 +19,9 @@ _OP_NAMES = {op.py2f(): name for name, op, _ in _OPS}
 
 BYTE = MPI.BYTE
 _scratch = threading.local()
+SPIN_S = 100e-6  # wait: poll this long, then sleep between polls (frees the core when oversubscribed)
+SLEEP_S = 30e-6
+POLL_BYTES = 32 * 1024  # *_bytes helpers: below this, blocking MPI calls (lowest latency)
 
 
 def ufunc(op: MPI.Op) -> np.ufunc:
@@ -36,6 +40,54 @@ def op_name(op: MPI.Op) -> str:
     return _OP_NAMES.get(op.py2f(), repr(op)) if isinstance(op, MPI.Op) else repr(op)
 
 
+def wait(req: MPI.Request) -> None:
+    """Complete a request: poll for SPIN_S, then sleep between polls.
+
+    MPI's own wait spins, which starves the peer we wait for when ranks share cores (and holds the core
+    a training thread could use); sleeping costs at most ~SLEEP_S + timer slack once the data is late.
+    """
+    if req.Test():
+        return
+    t0 = time.perf_counter()
+    while not req.Test():
+        if time.perf_counter() - t0 > SPIN_S:
+            time.sleep(SLEEP_S)
+
+
+def waitall(reqs: list[MPI.Request]) -> None:
+    """`wait` on each request in turn."""
+    for req in reqs:
+        wait(req)
+
+
+def sendrecv_bytes(comm: MPI.Comm, sbuf: np.ndarray, dest: int, rbuf: np.ndarray, source: int,
+                   tag: int) -> None:
+    """Exchange raw bytes: blocking MPI_Sendrecv for small messages, Isend/Irecv + `wait` for large ones."""
+    if rbuf.nbytes < POLL_BYTES and sbuf.nbytes < POLL_BYTES:
+        comm.Sendrecv([sbuf, BYTE], dest, tag, [rbuf, BYTE], source, tag)
+        return
+    rreq = comm.Irecv([rbuf, BYTE], source, tag)
+    sreq = comm.Isend([sbuf, BYTE], dest, tag)
+    wait(rreq)
+    wait(sreq)
+
+
+def send_bytes(comm: MPI.Comm, buf: np.ndarray, dest: int, tag: int) -> None:
+    """Send raw bytes: blocking for small messages, Isend + `wait` for large ones."""
+    if buf.nbytes < POLL_BYTES:
+        comm.Send([buf, BYTE], dest, tag)
+    else:
+        wait(comm.Isend([buf, BYTE], dest, tag))
+
+
+def recv_bytes(comm: MPI.Comm, buf: np.ndarray, source: int, tag: int) -> None:
+    """Receive raw bytes: blocking for small messages, Irecv + `wait` for large ones."""
+    if buf.nbytes < POLL_BYTES:
+        comm.Recv([buf, BYTE], source, tag)
+    else:
+        wait(comm.Irecv([buf, BYTE], source, tag))
+
+
 def flat(sendbuf, recvbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check the buffers and return 1-D views (send, recv); `send is recv` when in place.
 
@@ -50,7 +102,7 @@ def flat(sendbuf, recvbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"sendbuf ({send.size} x {send.dtype}) and recvbuf ({recv.size} x {recv.dtype}) "
             "must have the same size and dtype"
         )
-    if np.shares_memory(send, recv):
+    if np.may_share_memory(send, recv):  # exact for contiguous buffers
         raise ValueError("sendbuf and recvbuf overlap; pass the same array (or MPI.IN_PLACE) for in place")
     return send, recv
 

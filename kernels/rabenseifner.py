@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, fold, scratch, ufunc, unfold
+from kernels._common import blocks, flat, fold, recv_bytes, scratch, send_bytes, sendrecv_bytes, ufunc, unfold
 
 TAG = 7201
 
@@ -27,11 +27,11 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     cur = send  # this rank's data; after the first reduction the live data sits in recv
     if rank < 2 * rem:
         if newrank < 0:  # even: hand data to rank+1, wait for the result
-            comm.Send([send, BYTE], rank + 1, TAG)
-            comm.Recv([recv, BYTE], rank + 1, TAG)
+            send_bytes(comm, send, rank + 1, TAG)
+            recv_bytes(comm, recv, rank + 1, TAG)
             return
         tmp = scratch(send.dtype, n)
-        comm.Recv([tmp, BYTE], rank - 1, TAG)
+        recv_bytes(comm, tmp, rank - 1, TAG)
         fn(tmp, send, out=recv)
         cur = recv
     off = blocks(n, p2)
@@ -49,7 +49,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         k0, k1 = off[keep[0]], off[keep[1]]
         g0, g1 = off[give[0]], off[give[1]]
         t = tmp[: k1 - k0]
-        comm.Sendrecv([cur[g0:g1], BYTE], partner, TAG, [t, BYTE], partner, TAG)
+        sendrecv_bytes(comm, cur[g0:g1], partner, t, partner, TAG)
         if partner_new < newrank:
             fn(t, cur[k0:k1], out=recv[k0:k1])
         else:
@@ -67,9 +67,8 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
             plo, phi = lo - size, lo
         else:
             plo, phi = hi, hi + size
-        comm.Sendrecv([recv[off[lo]:off[hi]], BYTE], partner, TAG,
-                      [recv[off[plo]:off[phi]], BYTE], partner, TAG)
+        sendrecv_bytes(comm, recv[off[lo]:off[hi]], partner, recv[off[plo]:off[phi]], partner, TAG)
         lo, hi = min(lo, plo), max(hi, phi)
         mask <<= 1
     if rank < 2 * rem:
-        comm.Send([recv, BYTE], rank - 1, TAG)
+        send_bytes(comm, recv, rank - 1, TAG)

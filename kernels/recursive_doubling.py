@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, flat, fold, scratch, ufunc, unfold
+from kernels._common import flat, fold, recv_bytes, scratch, send_bytes, sendrecv_bytes, ufunc, unfold
 
 TAG = 7101
 
@@ -28,17 +28,17 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     rem = p - p2
     if rank < 2 * rem:
         if newrank < 0:  # even: hand data to rank+1, wait for the result
-            comm.Send([send, BYTE], rank + 1, TAG)
-            comm.Recv([recv, BYTE], rank + 1, TAG)
+            send_bytes(comm, send, rank + 1, TAG)
+            recv_bytes(comm, recv, rank + 1, TAG)
             return
-        comm.Recv([tmp, BYTE], rank - 1, TAG)
+        recv_bytes(comm, tmp, rank - 1, TAG)
         fn(tmp, send, out=recv)  # lower rank's data first, as everywhere below
         cur = recv
     mask = 1
     while mask < p2:
         partner_new = newrank ^ mask
         partner = unfold(partner_new, p)
-        comm.Sendrecv([cur, BYTE], partner, TAG, [tmp, BYTE], partner, TAG)
+        sendrecv_bytes(comm, cur, partner, tmp, partner, TAG)
         if partner_new < newrank:
             fn(tmp, cur, out=recv)
         else:
@@ -46,4 +46,4 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         cur = recv
         mask <<= 1
     if rank < 2 * rem:
-        comm.Send([recv, BYTE], rank - 1, TAG)
+        send_bytes(comm, recv, rank - 1, TAG)

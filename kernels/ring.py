@@ -1,18 +1,21 @@
 """Ring allreduce: reduce-scatter then allgather over p-1 + p-1 neighbour steps (bandwidth-optimal).
 
 Each block is reduced once, in ring order, by one rank and then passed around, so every rank ends
-bit-identical. Blocks are cut into segments so that, within a step, reducing one segment overlaps
-the transfer of the next (two cache-sized scratch buffers, no per-step allocation, no copy of sendbuf).
+bit-identical. Blocks are cut into segments that stream through the ring: a segment is forwarded as
+soon as it is reduced (or, in the allgather, received), so no rank waits for a whole step. Receives
+go to a few cache-sized scratch segments; sendbuf is read in place, never copied; no per-call allocation
+besides MPI requests.
 """
 from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, scratch, ufunc
+from kernels._common import BYTE, blocks, flat, scratch, ufunc, wait, waitall
 
 TAG = 7401
-SEGMENT_BYTES = 512 * 1024  # reduce-scatter pipeline segment; cache-sized
+SEGMENT_BYTES = 512 * 1024  # pipeline unit: cache-sized, large enough to amortise a message
+WINDOW = 2  # reduce-scatter receives posted ahead (scratch segments)
 
 
 def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM,
@@ -28,51 +31,50 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     off = blocks(n, p)
     right, left = (rank + 1) % p, (rank - 1) % p
     maxcount = off[1] - off[0]
-    nseg = max(1, -(-maxcount * send.itemsize // max(segment_bytes, 1)))
-    seglen = -(-maxcount // nseg)
-    tmp = (scratch(send.dtype, seglen, 0), scratch(send.dtype, seglen, 1))
+    nseg = max(1, min(maxcount, -(-maxcount * send.itemsize // max(segment_bytes, 1))))
+    seg = []  # seg[b][j] = (start, stop) of segment j of block b; same cut on every rank
+    for b in range(p):
+        cut = blocks(off[b + 1] - off[b], nseg)
+        seg.append([(off[b] + cut[j], off[b] + cut[j + 1]) for j in range(nseg)])
+    units = (p - 1) * nseg  # unit u = (step u // nseg, segment u % nseg), in the order they flow
+    w = min(WINDOW, units)
+    tmp = [scratch(send.dtype, -(-maxcount // nseg), i) for i in range(w)]
 
-    # Reduce-scatter: at step s send block rank-s, receive block rank-s-1 and reduce it into recv.
-    # The block sent at step s was reduced at step s-1 (or is own data at s == 0), so the sendbuf is
-    # read directly and never copied; recv is written once per block.
-    src = send
-    for s in range(p - 1):
-        sb, rb = (rank - s) % p, (rank - s - 1) % p
-        if nseg == 1:
-            t = tmp[0][: off[rb + 1] - off[rb]]
-            comm.Sendrecv([src[off[sb]:off[sb + 1]], BYTE], right, TAG, [t, BYTE], left, TAG)
-            fn(send[off[rb]:off[rb + 1]], t, out=recv[off[rb]:off[rb + 1]])
-        else:
-            _pipelined_step(comm, fn, send, recv, src, sb, rb, off, nseg, tmp, left, right)
-        src = recv
+    def rs_irecv(u: int) -> MPI.Request:
+        a, b = seg[(rank - u // nseg - 1) % p][u % nseg]
+        return comm.Irecv([tmp[u % w][: b - a], BYTE], left, TAG)
 
-    # Allgather: block rank+1 is final here; pass final blocks around the ring straight into recv.
-    for s in range(p - 1):
-        sb, rb = (rank + 1 - s) % p, (rank - s) % p
-        comm.Sendrecv([recv[off[sb]:off[sb + 1]], BYTE], right, TAG + 1,
-                      [recv[off[rb]:off[rb + 1]], BYTE], left, TAG + 1)
+    # Reduce-scatter. Step s sends block rank-s and reduces block rank-s-1; a reduced segment is the
+    # one to send at step s+1, so it goes right away. Step 0 sends own data straight from sendbuf.
+    rreqs = [rs_irecv(u) for u in range(w)]
+    sends = [comm.Isend([send[a:b], BYTE], right, TAG) for a, b in seg[rank]]
+    agreqs: list[MPI.Request] = []
+    for u in range(units):
+        s, j = divmod(u, nseg)
+        a, b = seg[(rank - s - 1) % p][j]
+        wait(rreqs[u % w])
+        fn(send[a:b], tmp[u % w][: b - a], out=recv[a:b])
+        if u + w < units:
+            rreqs[u % w] = rs_irecv(u + w)
+        if s < p - 2:
+            sends.append(comm.Isend([recv[a:b], BYTE], right, TAG))
+            continue
+        # Last step: block rank+1 is now final, segment by segment; start the allgather with it.
+        # Every allgather receive lands in its own place in recv: post them all now. Some of those
+        # places are still being sent from (pending Isends above, or sendbuf itself when in place),
+        # but data for a block can only come back round the ring after the right neighbour has
+        # received what we sent from it, so nothing is overwritten before it is delivered.
+        if j == 0:
+            for v in range(units):
+                c, d = seg[(rank - v // nseg) % p][v % nseg]
+                agreqs.append(comm.Irecv([recv[c:d], BYTE], left, TAG + 1))
+        sends.append(comm.Isend([recv[a:b], BYTE], right, TAG + 1))
 
-
-def _pipelined_step(comm, fn, send, recv, src, sb, rb, off, nseg, tmp, left, right) -> None:
-    """One reduce-scatter step in segments: post segment j+1, then reduce segment j."""
-    ss, rs = blocks(off[sb + 1] - off[sb], nseg), blocks(off[rb + 1] - off[rb], nseg)
-    s0, r0 = off[sb], off[rb]
-    sends = []
-    rreq = None
-
-    def post(j):
-        t = tmp[j & 1][: rs[j + 1] - rs[j]]
-        r = comm.Irecv([t, BYTE], left, TAG)
-        sends.append(comm.Isend([src[s0 + ss[j]:s0 + ss[j + 1]], BYTE], right, TAG))
-        return r, t
-
-    rreq, t = post(0)
-    for j in range(nseg):
-        if j + 1 < nseg:
-            nxt = post(j + 1)
-        rreq.Wait()
-        a, b = r0 + rs[j], r0 + rs[j + 1]
-        fn(send[a:b], t, out=recv[a:b])
-        if j + 1 < nseg:
-            rreq, t = nxt
-    MPI.Request.Waitall(sends)
+    # Allgather: forward each received segment of block rank-s at step s+1.
+    for u in range(units):
+        s, j = divmod(u, nseg)
+        wait(agreqs[u])
+        if s < p - 2:
+            a, b = seg[(rank - s) % p][j]
+            sends.append(comm.Isend([recv[a:b], BYTE], right, TAG + 1))
+    waitall(sends)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, flat, scratch, ufunc
+from kernels._common import flat, recv_bytes, scratch, send_bytes, ufunc
 
 TAG = 7301
 
@@ -26,18 +26,18 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     mask = 1
     while mask < p:  # reduce: children rank+mask send to rank; a rank with bit `mask` set sends up
         if rank & mask:
-            comm.Send([cur, BYTE], rank - mask, TAG)
+            send_bytes(comm, cur, rank - mask, TAG)
             break
         if rank + mask < p:
-            comm.Recv([tmp, BYTE], rank + mask, TAG)
+            recv_bytes(comm, tmp, rank + mask, TAG)
             fn(cur, tmp, out=recv)  # own (lower ranks') data first
             cur = recv
         mask <<= 1
     # broadcast: rank 0 holds the result; a rank receives from the parent it sent to, then forwards
     if rank:
-        comm.Recv([recv, BYTE], rank - mask, TAG)
+        recv_bytes(comm, recv, rank - mask, TAG)
     mask >>= 1
     while mask:
         if rank + mask < p:
-            comm.Send([recv, BYTE], rank + mask, TAG)
+            send_bytes(comm, recv, rank + mask, TAG)
         mask >>= 1

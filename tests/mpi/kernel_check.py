@@ -76,7 +76,7 @@ def check(algo, name: str, n: int, dtype: str, opname: str, inplace: bool, seed:
         elif not np.array_equal(recv, expected):
             bad = int(np.argmax(recv != expected))
             err = f"wrong result at [{bad}]: {recv[bad]!r} != {expected[bad]!r}"
-    except Exception as exc:  # report on every rank instead of hanging the others
+    except Exception as exc:  # noqa: BLE001 -- report on every rank instead of hanging the others
         err = f"raised {type(exc).__name__}: {exc}"
     digest = hashlib.blake2b(recv.data if recv.size else b"", digest_size=16).hexdigest()
     results = COMM.allgather((err, digest))
@@ -133,7 +133,8 @@ def sweep(algos: dict, sizes: str) -> tuple[int, list[str]]:
 
 def properties(algos: dict, examples: int) -> int:
     """Hypothesis over (n, dtype, op, in place, algorithm), identical on every rank (derandomized)."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     names = sorted(algos)
     calls = [0]

@@ -1,0 +1,108 @@
+"""Measure kernels against native MPI_Allreduce, to set `kernels.auto` thresholds and tune ring.
+
+Run under MPI, e.g.
+  mpirun -n 4 python -m mpi4py -m kernels.tune latency --sizes 8,64,1024,8192
+  mpirun -n 4 python -m mpi4py -m kernels.tune bandwidth --sizes 4M,16M,64M
+Algorithms are interleaved in every repetition so machine noise hits them alike; figures are medians
+over repetitions of the slowest rank's time per call. Rank 0 prints one table row per size.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from kernels import BUILTINS
+
+UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """'64', '8KB', '4M' -> bytes."""
+    t = text.strip().upper()
+    num = t.rstrip("KMGB")
+    return int(float(num) * UNITS[t[len(num):]])
+
+
+def resolve(name: str):
+    """Registered name (optionally name:key=value for int keyword args) -> callable."""
+    name, _, kw = name.partition(":")
+    mod, func = BUILTINS[name][0].split(":")
+    fn = getattr(importlib.import_module(mod), func)
+    if kw:
+        key, val = kw.split("=")
+        return lambda c, s, r, o=MPI.SUM, _f=fn: _f(c, s, r, o, **{key: int(val)})
+    return fn
+
+
+def time_calls(comm: MPI.Comm, fn, send: np.ndarray, recv: np.ndarray, iters: int) -> float:
+    """Seconds per call on the slowest rank, after a barrier."""
+    comm.Barrier()
+    t0 = MPI.Wtime()
+    for _ in range(iters):
+        fn(comm, send, recv, MPI.SUM)
+    dt = (MPI.Wtime() - t0) / iters
+    return comm.allreduce(dt, op=MPI.MAX)
+
+
+def measure(comm: MPI.Comm, algos: list[str], nbytes: int, reps: int, dtype: str = "float32",
+            budget_s: float = 0.05) -> dict[str, float]:
+    """Median seconds per call for each algorithm at one size (interleaved repetitions)."""
+    n = max(nbytes // np.dtype(dtype).itemsize, 1)
+    send = np.random.default_rng(comm.Get_rank()).standard_normal(n).astype(dtype)
+    recv = np.empty_like(send)
+    fns = {a: resolve(a) for a in algos}
+    for fn in fns.values():  # warm-up: scratch buffers, MPI connections
+        fn(comm, send, recv, MPI.SUM)
+    probe = time_calls(comm, fns[algos[0]], send, recv, 1)
+    iters = comm.bcast(max(1, min(1000, int(budget_s / max(probe, 1e-7)))), root=0)
+    times: dict[str, list[float]] = {a: [] for a in algos}
+    for _ in range(reps):
+        for a, fn in fns.items():
+            times[a].append(time_calls(comm, fn, send, recv, iters))
+    return {a: statistics.median(t) for a, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mpi4py -m kernels.tune", description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=("latency", "bandwidth"))
+    ap.add_argument("--sizes", default=None, help="comma list of byte sizes (8,1KB,4M)")
+    ap.add_argument("--algos", default=None, help="comma list of registered names; mpi is always first")
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args(argv)
+    comm = MPI.COMM_WORLD
+    p = comm.Get_size()
+    if args.mode == "latency":
+        sizes = args.sizes or "8,64,512,1K,4K,8K,16K,32K,64K,128K,256K,512K,1M"
+        algos = args.algos or "recursive_doubling,rabenseifner,ring,tree,auto"
+    else:
+        sizes = args.sizes or "4M,16M,64M"
+        algos = args.algos or "ring"
+    algos_l = ["mpi"] + [a for a in algos.split(",") if a != "mpi"]
+    if comm.Get_rank() == 0:
+        unit = "us (ratio to mpi)" if args.mode == "latency" else "busbw GB/s (ratio to mpi)"
+        print(f"# p={p} {args.dtype} {args.mode}: median of {args.reps} reps, {unit}")
+        print("bytes".rjust(10) + "".join(a.rjust(22) for a in algos_l))
+    for s in sizes.split(","):
+        nbytes = parse_size(s)
+        med = measure(comm, algos_l, nbytes, args.reps, args.dtype, 0.05 if args.mode == "latency" else 0.3)
+        if comm.Get_rank() == 0:
+            base = med["mpi"]
+            cells = []
+            for a in algos_l:
+                if args.mode == "latency":
+                    cells.append(f"{med[a] * 1e6:9.1f} ({med[a] / base:4.2f}x)")
+                else:
+                    bw = nbytes / med[a] * 2 * (p - 1) / p / 1e9
+                    cells.append(f"{bw:9.2f} ({base / med[a]:4.2f}x)")
+            print(str(nbytes).rjust(10) + "".join(c.rjust(22) for c in cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
