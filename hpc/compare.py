@@ -4,7 +4,8 @@ A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, sca
 repetitions (one value per record); a point with a single record uses that record's timed batches
 (`times_s`). A difference counts only when it is larger than the noise band (the larger of
 --threshold and the relative inter-quartile spread of either side) and, where the sample sizes allow
-a verdict, a two-sided Mann–Whitney U test agrees at 5%.
+a verdict, a two-sided Mann–Whitney U test agrees at 5%. Ratios and spreads are taken in log space
+(×2 and ×0.5 are equally far from 1), so the band reads as "a factor of 1 + band".
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def samples(recs: list[dict[str, Any]], metric: str) -> list[float]:
 @dataclass
 class _Stats:
     median: float
-    spread: float  # relative inter-quartile range
+    spread: float  # inter-quartile range of log(values): a relative spread, symmetric in up/down
     n: int
 
 
@@ -82,8 +83,12 @@ def _stats(v: list[float]) -> _Stats:
 
     a = np.asarray(v, dtype=float)
     med = float(np.median(a))
-    q25, q75 = np.percentile(a, [25, 75])
-    return _Stats(med, float((q75 - q25) / abs(med)) if med else math.inf, a.size)
+    if np.all(a > 0):
+        q25, q75 = np.percentile(np.log(a), [25, 75])
+        spread = float(q75 - q25)
+    else:
+        spread = math.inf
+    return _Stats(med, spread, a.size)
 
 
 def _mw_usable(m: int, n: int) -> bool:
@@ -100,11 +105,13 @@ def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
     ratio = sb.median / sa.median if sa.median else math.inf
     change = 100.0 * (ratio - 1.0)
     worse_pct = -change if higher_is_better else change
-    band = max(threshold_pct, 100.0 * max(sa.spread, sb.spread))
+    band_log = max(math.log1p(threshold_pct / 100.0), sa.spread, sb.spread)
+    band = 100.0 * math.expm1(band_log)
     pval = None
     if _mw_usable(sa.n, sb.n):
         pval = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    if abs(change) <= band or (pval is not None and pval >= ALPHA):
+    inside = not (ratio > 0 and math.isfinite(ratio)) or abs(math.log(ratio)) <= band_log
+    if inside or (pval is not None and pval >= ALPHA):
         verdict = "same"
     else:
         verdict = "worse" if worse_pct > 0 else "better"
@@ -205,11 +212,13 @@ def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
         direction = "higher better" if r["higher_is_better"] else "lower better"
         tab.add(r["point"], r["name"], f"{r['metric']} ({direction})", _fmt_value(r["a_median"], r["unit"]),
                 _fmt_value(r["b_median"], r["unit"]), f"{r['ratio']:.3f}×",
-                f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.1f}%",
+                f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.1f}%" if r["band_pct"] < 100
+                else f"×/÷{1 + r['band_pct'] / 100:.2f}",
                 "—" if r["p_value"] is None else f"{r['p_value']:.3g}", r["verdict"])
     tab.notes += list(notes)
-    tab.notes.append("verdict 'same' when the change is inside the noise band (max of --threshold "
-                     "and the reps' relative IQR) or Mann–Whitney p ≥ 0.05")
+    tab.notes.append("verdict 'same' when B/A is within a factor 1 ± band of 1 (band: the larger of "
+                     "--threshold and the reps' inter-quartile spread, in log space) or "
+                     "Mann–Whitney p ≥ 0.05")
     return tab
 
 
@@ -241,8 +250,8 @@ against a baseline.
 
 Metric (auto): busbw for collectives with np > 1 (higher is better), samples/s for training
 (higher is better), time otherwise (lower is better). Verdict 'same' when the change is inside
-the noise band: the larger of --threshold and the relative inter-quartile spread of the
-repetitions, or when a Mann–Whitney U test (where the sample sizes allow one) gives p ≥ 0.05.
+the noise band: the larger of --threshold and the inter-quartile spread of the repetitions
+(in log space, so B/A within a factor 1 ± band of 1), or when a Mann–Whitney U test (where the sample sizes allow one) gives p ≥ 0.05.
 Exit 1 with --fail-if-worse PCT when any point is 'worse' by more than PCT percent.
 """
 

@@ -168,18 +168,53 @@ def _collective_panels(coll: list[dict], color) -> list[Callable]:
                 return
             size_axis(ax, sizes)
             if logy:
+                from matplotlib.ticker import FuncFormatter
+
+                from hpc.table import fmt_time
+
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: fmt_time(y)))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
             ax.set_ylabel(ylabel)
             ax.set_title(f"{title} — np = {pmax}", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
+            ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=8, framealpha=0.9)
         return paint
+
+    def paint_ratio(ax):
+        base = dict(zip(*_median_by([r for r in at_p if str(r.get("algo")) == "mpi"],
+                                    "size_bytes", "time_s")))
+        sizes = []
+        for i, a in enumerate(algos):
+            if a == "mpi":
+                continue
+            xs, ys = _median_by([r for r in at_p if str(r.get("algo")) == a], "size_bytes", "time_s")
+            pts = [(x, base[x] / y) for x, y in zip(xs, ys) if x in base and y > 0 and x > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker=_MARKERS[i % len(_MARKERS)], color=color(a), label=a,
+                        ms=5, lw=1.5)
+                sizes += [x for x, _ in pts]
+        ax.axhline(1.0, color=color("mpi"), lw=1.2, ls="--", label="mpi (native)")
+        ax.axhline(0.9, color="0.5", lw=0.8, ls=":", label="0.9× native")
+        size_axis(ax, sizes or [1])
+        ax.set_yscale("log", base=2)
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}×"))
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.25), max(hi, 2.0))
+        ax.set_ylabel("speed vs native MPI (time_mpi / time)")
+        ax.set_title(f"Relative to native MPI_Allreduce — np = {pmax}", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, framealpha=0.9)
 
     if pmax > 1:
         panels.append(by_size("busbw_GBps", "busbw (GB/s), higher is better",
                               "Allreduce bus bandwidth vs size", False))
-    panels.append(by_size("time_s", "time per call (s), lower is better",
+    panels.append(by_size("time_s", "time per call, lower is better",
                           "Allreduce time vs size", True))
+    if pmax > 1 and "mpi" in algos and len(algos) > 1:
+        panels.append(paint_ratio)
     nps = sorted({int(r["np"]) for r in coll if int(r["np"]) > 1})
     if len(nps) >= 2:
         smax = max(int(r["size_bytes"]) for r in coll)
