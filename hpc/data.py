@@ -310,7 +310,7 @@ def import_npy(path: str | os.PathLike, x_npy: str | os.PathLike,
                              "source_x": os.path.abspath(x_npy)}
     if y_npy is not None:
         attrs["source_y"] = os.path.abspath(y_npy)
-    late = lambda: {"classes": label_max[0] + 1} if label_max[0] >= 0 else {}  # noqa: E731
+    late = lambda: {"classes": label_max[0] + 1} if label_max[0] >= 0 else {}
     return _write(path, n, layout, take, attrs, chunk, compression, force, command, progress,
                   "npy", late_attrs=late)
 

@@ -9,7 +9,6 @@ independent of the file's size.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import sys
@@ -202,6 +201,11 @@ def _one_line(exc: BaseException) -> str:
 class ShardedLoader:
     """Batches `(x, y)` of this rank's rows of an HDF5 file, one epoch per iteration.
 
+    mode/samples_per_rank/drop_last/wrap choose the shard (see `shard_range`); shuffle permutes
+    the rank's read blocks and the rows inside each, global_shuffle first permutes the blocks of
+    the whole file (the same way on every rank); prefetch is how many read blocks (each about
+    block_bytes) a background thread keeps ready, 0 reads in the caller's thread; y=None reads
+    features only (batches are then `(x, None)`).
     Call `set_epoch(e)` before each epoch (same e on every rank) for a new order. In strong mode
     without drop_last, ranks may differ by one batch: use `steps_per_epoch` (the minimum over
     ranks) when every rank must take the same number of steps.
@@ -361,7 +365,7 @@ class ShardedLoader:
         return arrays[0], (arrays[1] if self._y is not None else None)
 
     def _load(self, ds: Any, start: int, stop: int, perm: np.ndarray | None,
-              scratch: np.ndarray | None, pool: "_Pool") -> np.ndarray:
+              scratch: np.ndarray | None, pool: _Pool) -> np.ndarray:
         """Rows [start, stop) of `ds` in `perm` order, in a pooled array (one hyperslab read)."""
         out = pool.get((self.block_rows,) + ds.shape[1:], ds.dtype)[:stop - start]
         if perm is None:
@@ -400,7 +404,7 @@ class ShardedLoader:
             pass
 
 
-def _join(runs: list[list[np.ndarray]], pool: "_Pool") -> list[np.ndarray]:
+def _join(runs: list[list[np.ndarray]], pool: _Pool) -> list[np.ndarray]:
     """One batch (an array per dataset) from the row runs of consecutive pieces."""
     if len(runs) == 1:
         return runs[0]

@@ -89,7 +89,6 @@ def worker_throughput(path: str, reps: int, batch: int) -> None:
 
 def worker_rss(path: str, batch: int) -> None:
     """On every rank: peak RSS before and after streaming one shuffled epoch; rank 0 prints JSON."""
-    import numpy as np  # noqa: F401  (imports counted in the baseline, as in training)
     from mpi4py import MPI
 
     from hpc.loader import ShardedLoader
@@ -155,10 +154,10 @@ def main() -> None:
         for r in ranks:
             best_raw = min(r["raw_s"], r["direct_s"])
             ratios.append(best_raw / r["loader_s"])
-            gbps = lambda key: r["bytes"] / r[key] / 1e9  # noqa: E731
-            print(f"  rank {r['rank']}: {r['bytes'] / 1e6:.0f} MB  loader {gbps('loader_s'):.2f}"
-                  f" GB/s  raw slices {gbps('raw_s'):.2f} GB/s  raw read_direct "
-                  f"{gbps('direct_s'):.2f} GB/s  loader/best raw {ratios[-1]:.2f}")
+            gbps = {key: r["bytes"] / r[key] / 1e9 for key in ("loader_s", "raw_s", "direct_s")}
+            print(f"  rank {r['rank']}: {r['bytes'] / 1e6:.0f} MB  loader {gbps['loader_s']:.2f}"
+                  f" GB/s  raw slices {gbps['raw_s']:.2f} GB/s  raw read_direct "
+                  f"{gbps['direct_s']:.2f} GB/s  loader/best raw {ratios[-1]:.2f}")
         print(f"  median ratio loader / best raw: {statistics.median(ratios):.2f}"
               "  (target >= 0.8)")
         peaks = {}

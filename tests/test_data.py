@@ -210,7 +210,8 @@ def test_weak_loader_shards(indexed):
 def _bad_files(tmp_path, real: str) -> dict[str, str]:
     text = tmp_path / "notes.h5"
     text.write_text("this is not HDF5\n")
-    data = open(real, "rb").read()
+    with open(real, "rb") as f:
+        data = f.read()
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(data[: len(data) // 2])
     mismatched = tmp_path / "mismatched.h5"
