@@ -235,6 +235,21 @@ def test_loader_rejects_bad_files(tmp_path, indexed):
         ShardedLoader(indexed, 0, 2000)
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_corrupt_data_is_an_error_not_garbage(tmp_path, prefetch):
+    """A damaged compressed chunk surfaces as HpcError from the reading thread, in the caller."""
+    path = tmp_path / "c.h5"
+    make_synthetic(path, "tabular", 5000, "16", compression="gzip", chunk=100)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * 4000)
+    with pytest.raises(HpcError, match="corrupt"):
+        with ShardedLoader(path, 0, 1, prefetch=prefetch) as loader:
+            for _ in loader:
+                pass
+
+
 # -- synthetic data ---------------------------------------------------------------------------------
 def test_synthetic_data_is_seeded_and_independent_of_chunking(tmp_path):
     a = make_synthetic(tmp_path / "a.h5", "tokens", 600, "16", classes=50, seed=4, chunk=7)
