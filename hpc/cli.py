@@ -68,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # `hpc ... | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except SystemExit:
         raise
     except BaseException as exc:  # a bug or a user plug-in raising: still one line, naming the rank
