@@ -59,8 +59,12 @@ def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
         ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
         ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
         ci = f"[{f.ci95[0]:.3f}, {f.ci95[1]:.3f}]" if f.ci95 else ""
-        ax.plot(ns, s, _MARKERS[i % len(_MARKERS)], color=c, ms=6, mec="white", mew=0.6,
-                label=f"{_short(f)}: P = {f.p:.3f} {ci}")
+        # whiskers: the speedup range over repetitions (T(1) median over each rep's T(N))
+        lo = np.array([p["speedup"] * p["time_median_s"] / p["time_max_s"] for p in f.points])
+        hi = np.array([p["speedup"] * p["time_median_s"] / p["time_min_s"] for p in f.points])
+        ax.errorbar(ns, s, yerr=[s - lo, hi - s], fmt=_MARKERS[i % len(_MARKERS)], color=c, ms=6,
+                    mec="white", mew=0.6, elinewidth=1, capsize=2,
+                    label=f"{_short(f)}: P = {f.p:.3f} {ci}")
     ax.set_yscale("log", base=2)
     _axis_n(ax, _extrap_ns(nmax))
     from matplotlib.ticker import FuncFormatter
@@ -72,7 +76,8 @@ def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
     ax.set_ylabel("speedup S(N)")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper left", framealpha=0.9,
-              title="fit (line), 95% CI (band), extrapolation (dashed)", title_fontsize=7)
+              title="median (whiskers: rep range), fit (line),\n95% CI (band), extrapolation (dashed)",
+              title_fontsize=7)
 
 
 def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:

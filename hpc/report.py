@@ -69,7 +69,7 @@ def provenance_table(records: list[dict[str, Any]], files: list[Path]):
 
 def failures_table(records: list[dict[str, Any]]):
     """Points that did not finish ok, with their error line."""
-    from hpc.fit import record_name, record_variant
+    from hpc.fit import record_variant
     from hpc.table import Table
 
     bad = [r for r in records if r.get("status", "ok") != "ok"]
@@ -78,7 +78,7 @@ def failures_table(records: list[dict[str, Any]]):
     tab = Table("Failed or timed-out points", ["kind", "algo/sync", "np", "size/model", "rep",
                                                "status", "error"])
     for r in bad[:50]:
-        tab.add(r.get("kind"), record_name(r), r.get("np"), record_variant(r), r.get("rep"),
+        tab.add(r.get("kind"), r.get("algo") or r.get("sync"), r.get("np"), record_variant(r), r.get("rep"),
                 r.get("status"), str(r.get("error") or "")[:160])
     if len(bad) > 50:
         tab.notes.append(f"{len(bad) - 50} more not shown")
