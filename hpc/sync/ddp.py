@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from hpc.errors import HpcError
 from hpc.models import loss_fn
 from hpc.sync.base import (LastGradClock, StepResult, TrainContext, Trainer, apply_env,
                            make_optimizer, torch_dist_env)
@@ -18,19 +19,29 @@ if TYPE_CHECKING:
     import torch
 
 
-def init_process_group(ctx: TrainContext) -> None:
-    """gloo process group over the same ranks as the MPI world."""
+def ensure_process_group(ctx: TrainContext) -> None:
+    """A gloo process group over the same ranks as the MPI world, created once per process.
+
+    It is kept for later runs in the same process (DeepSpeed caches its groups and cannot start
+    over after a destroy) and destroyed once at exit (without that, gloo may abort at exit).
+    """
+    import atexit
     import datetime
 
     import torch.distributed as dist
 
+    if dist.is_initialized():
+        if dist.get_world_size() != ctx.comm.Get_size() or dist.get_rank() != ctx.comm.Get_rank():
+            raise HpcError("torch.distributed is already initialised with another rank layout")
+        return
     apply_env(torch_dist_env(ctx.comm, ctx.local_rank, ctx.local_size))
     dist.init_process_group("gloo", rank=ctx.comm.Get_rank(), world_size=ctx.comm.Get_size(),
                             timeout=datetime.timedelta(minutes=10))
+    atexit.register(destroy_process_group)
 
 
 def destroy_process_group() -> None:
-    """End the process group once (without it gloo may abort at interpreter exit)."""
+    """End the process group (once; a no-op when there is none)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -44,7 +55,7 @@ class DDPTrainer(Trainer):
         super().__init__(ctx)
         from torch.nn.parallel import DistributedDataParallel
 
-        init_process_group(ctx)
+        ensure_process_group(ctx)
         self.ddp = DistributedDataParallel(ctx.model, bucket_cap_mb=ctx.opts.bucket_mb,
                                            gradient_as_bucket_view=True)
         if ctx.opts.fp16_compress:
@@ -76,7 +87,6 @@ class DDPTrainer(Trainer):
 
     def close(self) -> None:
         self.clock.remove()
-        destroy_process_group()
 
 
 def make(ctx: TrainContext) -> Trainer:

@@ -2,7 +2,7 @@
 
 Rank variables come from MPI (never DeepSpeed's own mpi4py discovery, which hangs on 4 oversubscribed
 ranks), rank 0 picks a free MASTER_PORT, gloo is the backend, the shared-memory op build is skipped,
-warnings are filtered and the process group is destroyed at the end. Exposed communication = time
+warnings are filtered and the process group is destroyed at exit. Exposed communication = time
 from the last gradient to the end of `engine.backward` (ZeRO's parameter gathers count as compute).
 """
 
@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpc.models import loss_fn
-from hpc.sync.base import (LastGradClock, StepResult, TrainContext, Trainer, apply_env, flat_params,
-                           make_optimizer, torch_dist_env)
-from hpc.sync.ddp import destroy_process_group
+from hpc.sync.base import LastGradClock, StepResult, TrainContext, Trainer, flat_params, make_optimizer
+from hpc.sync.ddp import ensure_process_group
 
 if TYPE_CHECKING:
     import torch
@@ -69,10 +68,10 @@ class DeepSpeedTrainer(Trainer):
         import torch
 
         logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-        apply_env(torch_dist_env(ctx.comm, ctx.local_rank, ctx.local_size))
         # The shm allreduce op compiles for ~20 s on first use; gloo does the job without it.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         threads = torch.get_num_threads()
+        ensure_process_group(ctx)  # env from MPI, free port from rank 0; DeepSpeed adopts the group
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
         self.deepspeed = deepspeed
         self.stage = ctx.stage
@@ -113,8 +112,7 @@ class DeepSpeedTrainer(Trainer):
                 "fp16_compress": self.ctx.opts.fp16_compress, "deepspeed": self.deepspeed.__version__}
 
     def close(self) -> None:
-        self.clock.remove()
-        destroy_process_group()
+        self.clock.remove()  # the process group stays for later runs; it is destroyed at exit
 
 
 def make(ctx: TrainContext) -> Trainer:
