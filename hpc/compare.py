@@ -251,7 +251,8 @@ against a baseline.
 Metric (auto): busbw for collectives with np > 1 (higher is better), samples/s for training
 (higher is better), time otherwise (lower is better). Verdict 'same' when the change is inside
 the noise band: the larger of --threshold and the inter-quartile spread of the repetitions
-(in log space, so B/A within a factor 1 ± band of 1), or when a Mann–Whitney U test (where the sample sizes allow one) gives p ≥ 0.05.
+(in log space, so B/A within a factor 1 ± band of 1), or when a Mann–Whitney U test
+(where the sample sizes allow one) gives p ≥ 0.05.
 Exit 1 with --fail-if-worse PCT when any point is 'worse' by more than PCT percent.
 """
 

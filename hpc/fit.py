@@ -1,8 +1,8 @@
 """`hpc fit`: Amdahl / Gustafson fits with honest uncertainty, from records or a plain CSV.
 
-The fit is done on the time model, not on speedups, so that the noise in T(1) is not hidden:
-strong scaling  T(N) = T1 · ((1 − P) + P/N)        (Amdahl:    S(N) = 1 / ((1 − P) + P/N))
-weak scaling    T(N) = T1 · N / (1 + (N − 1)·P)    (Gustafson: S(N) = N·T(1)/T(N) = N − (N − 1)(1 − P))
+The fit is on the time model, not on speedups, so that the noise in T(1) is not hidden:
+strong  T(N) = T1·((1 − P) + P/N)      Amdahl:    S(N) = T(1)/T(N) = 1/((1 − P) + P/N)
+weak    T(N) = T1·N/(1 + (N − 1)·P)    Gustafson: S(N) = N·T(1)/T(N) = N − (N − 1)(1 − P)
 with T1 and P both free, by least squares in log space (timing noise is multiplicative) on every
 repetition. T1 is profiled out in closed form, so the fit is a 1-D minimisation over P. The 95% CI
 of P comes from the covariance of the two-parameter fit with a Student-t quantile, and optionally
@@ -17,12 +17,9 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from hpc.errors import HpcError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
 
 AMDAHL = "amdahl"
 GUSTAFSON = "gustafson"
@@ -611,7 +608,7 @@ def sort_key(key: tuple) -> tuple:
 
 def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bootstrap: int = 0,
                 seed: int = 0, skipped: list[str] | None = None) -> list[FitResult]:
-    """Fit every group of ok records; law defaults to the records' scaling (strong→amdahl, weak→gustafson).
+    """Fit every group of ok records; law defaults from scaling (strong→amdahl, weak→gustafson).
 
     Groups that cannot be fitted are described in `skipped` (when given); if none can, HpcError.
     """

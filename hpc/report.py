@@ -127,7 +127,8 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
     if scal:
         md += ["## Scaling fits", "",
                "Strong scaling (fixed total work): S(N) = T(1)/T(N), Amdahl S(N) = 1/((1 − P) + P/N). "
-               "Weak scaling (fixed work per rank): S(N) = N·T(1)/T(N), Gustafson S(N) = N − (N − 1)(1 − P). "
+               "Weak scaling (fixed work per rank): S(N) = N·T(1)/T(N), "
+               "Gustafson S(N) = N − (N − 1)(1 − P). "
                "P is fitted on every repetition (T(N) = T1·g(N; P), log-space least squares, T1 free); "
                "the 95% CI is from the fit's covariance (Student t), the bootstrap CI from resampling "
                "repetitions within each N. Karp–Flatt e(N) = (1/S − 1/N)/(1 − 1/N).", ""]
