@@ -52,8 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("gradient sync")
     g.add_argument("--bucket-mb", type=_float_pos, default=25.0, help="fusion bucket size in MiB (default 25)")
     g.add_argument("--fp16-compress", action="store_true", help="send gradients as float16")
-    g.add_argument("--no-overlap", dest="overlap", action="store_false",
-                   help="own sync: reduce all buckets after backward instead of during it")
+    g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                   help="own sync: reduce buckets during backward (on) or after it (off); auto = on "
+                        "when each rank has a spare core for the communication thread or uses a GPU")
+    g.add_argument("--no-overlap", dest="overlap", action="store_const", const="off",
+                   help="same as --overlap off")
     g.add_argument("--host-staging", action="store_true",
                    help="own sync: copy buckets through separate host buffers (always on with cuda)")
     g.add_argument("--servers", type=int, default=None,
@@ -215,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     prov = records.provenance(comm, records.command_line())
     opts = TrainOptions(optimizer=args.optimizer, lr=pl.lr, momentum=args.momentum,
                         bucket_mb=args.bucket_mb, fp16_compress=args.fp16_compress,
-                        overlap=args.overlap, host_staging=args.host_staging,
+                        overlap=_overlap(args.overlap, device.type, local_size),
+                        host_staging=args.host_staging,
                         servers=pl.servers, staleness=args.staleness)
     n_workers = p - (pl.servers if pl.scheme.module == "ps_async" else 0)
     batch = args.batch // n_workers if pl.scaling == "strong" else args.batch
@@ -266,6 +270,15 @@ def _device(torch, name: str) -> "torch.device":
         raise HpcError("--device cuda: no CUDA GPU is visible to torch on this node "
                        f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
     return torch.device(name)
+
+
+def _overlap(mode: str, device: str, local_size: int) -> bool:
+    """Whether own sync reduces during backward. A communication thread needs a core of its own:
+    on a node with fewer than two cores per rank it only slows backward down (MPI polls while it
+    waits), so `auto` overlaps there only when the compute runs on a GPU."""
+    if mode != "auto":
+        return mode == "on"
+    return device == "cuda" or (os.cpu_count() or 1) // max(1, local_size) >= 2
 
 
 def _threads(local_size: int) -> int:

@@ -138,6 +138,7 @@ def test_schemes_on_two_ranks_match_single_process(tmp_path: Path) -> None:
         "tree": ["--sync", "tree"],
         "plugin_file": ["--sync", f"{PLUGIN}:allreduce"],
         "no_overlap": ["--sync", "ring", "--no-overlap"],
+        "overlap": ["--sync", "ring", "--overlap", "on", "--bucket-mb", "0.001"],
         "staging": ["--sync", "ring", "--host-staging"],
         "many_buckets": ["--sync", "ring", "--bucket-mb", "0.0005"],
         "adam": ["--sync", "ring", "--optimizer", "adam"],
@@ -151,7 +152,8 @@ def test_schemes_on_two_ranks_match_single_process(tmp_path: Path) -> None:
         "ddp": ["--sync", "ddp"],
         "ps_async_1worker": ["--sync", "ps-async", "--servers", "1"],
         "fp16": ["--sync", "ring", "--fp16-compress"],
-        "fp16_staging": ["--sync", "ring", "--fp16-compress", "--host-staging", "--bucket-mb", "0.001"],
+        "fp16_staging": ["--sync", "ring", "--fp16-compress", "--host-staging", "--bucket-mb", "0.001",
+                         "--overlap", "on"],
         "ddp_fp16": ["--sync", "ddp", "--fp16-compress"],
     }
     if HAVE_HOROVOD:
@@ -177,7 +179,7 @@ def test_schemes_on_two_ranks_match_single_process(tmp_path: Path) -> None:
         assert rec["bytes_per_step"] == rec["n_params"] * (2 if "fp16" in name else 4) * (
             2 if name.startswith("ps_async") else 1), name
     assert runs["many_buckets"]["record"]["buckets"] > 3 and runs["ring"]["record"]["buckets"] == 1
-    assert runs["no_overlap"]["record"]["overlap"] is False and runs["ring"]["record"]["overlap"] is True
+    assert runs["no_overlap"]["record"]["overlap"] is False and runs["overlap"]["record"]["overlap"] is True
     assert runs["staging"]["record"]["host_staging"] is True
     assert runs["file_strong"]["record"]["batch_per_rank"] == 8
     assert runs["file_strong"]["record"]["global_batch"] == 16
@@ -188,6 +190,7 @@ def _model_flags(argv: list[str]) -> list[str]:
     """The flags that decide the reference run (everything except how gradients are synchronised)."""
     skip_with_value = {"--sync", "--bucket-mb", "--servers"}
     skip = {"--no-overlap", "--host-staging", "--fp16-compress"}
+    skip_with_value.add("--overlap")
     out, it = [], iter(argv)
     for a in it:
         if a in skip_with_value:
@@ -211,7 +214,8 @@ def test_deepspeed_zero_stages_match_single_process(tmp_path: Path) -> None:
 # -- 4 ranks -----------------------------------------------------------------------------------------
 
 def test_schemes_on_four_ranks(tmp_path: Path) -> None:
-    sync_cases = {"ring": ["--sync", "ring", "--bucket-mb", "0.001"], "ps_server": ["--sync", "ps", "--servers", "1"],
+    sync_cases = {"ring": ["--sync", "ring", "--bucket-mb", "0.001", "--overlap", "on"],
+                  "ring_off": ["--sync", "ring", "--overlap", "off"], "ps_server": ["--sync", "ps", "--servers", "1"],
                   "rabenseifner": ["--sync", "rabenseifner"], "ddp": ["--sync", "ddp"]}
     if HAVE_HOROVOD:
         sync_cases["horovod"] = ["--sync", "horovod"]

@@ -1,9 +1,10 @@
 """Own gradient sync: fusion buckets reduced with any allreduce SPEC, overlapped with backward.
 
-Like DDP, gradients live as views into one flat buffer cut into buckets of about `--bucket-mb`, in
-reverse parameter order (the order backward produces them). A post-accumulate-grad hook counts the
-gradients still missing per bucket; a communication thread reduces bucket i as soon as it is complete,
-always in bucket order so every rank issues the same collectives. All MPI calls of a step come from
+Like DDP, gradients end up as views into one flat buffer cut into buckets of about `--bucket-mb`, in
+reverse parameter order (the order backward produces them). A post-accumulate-grad hook copies each
+fresh gradient into its bucket slot, already divided by the world size (so averaging costs no extra
+pass), and counts the gradients still missing per bucket; a communication thread reduces bucket i as
+soon as it is complete, always in bucket order so every rank issues the same collectives. All MPI calls of a step come from
 that one thread (MPI_THREAD_SERIALIZED is enough). The allreduce works on host numpy buffers: on CPU
 they are the gradient memory itself; with `--device cuda` (or `--host-staging`) buckets are staged
 through (pinned) host buffers. `--fp16-compress` halves the bytes on the wire.
@@ -65,15 +66,16 @@ def plan_buckets(sizes: list[int], bucket_bytes: int, itemsize: int = 4) -> list
 class Wire:
     """Moves a bucket between the device gradients and the host buffer that the allreduce sees.
 
-    pack(b) -> numpy view to reduce in place; unpack(b) puts the reduced values back, averaged.
-    Without staging on CPU the host buffer *is* the gradient memory (no copy). With fp16 the values
-    are pre-scaled by 1/world and cast on the device, so only half the bytes travel.
+    pack(b) -> numpy view to reduce in place (SUM); unpack(b) puts the reduced values back. The
+    gradients arrive already divided by the world size, so the sum is the average. Without staging on
+    CPU the host buffer *is* the gradient memory (no copy). With fp16 the values are cast on the
+    device, so only half the bytes travel.
     """
 
-    def __init__(self, flat: "torch.Tensor", world: int, fp16: bool, staging: bool) -> None:
+    def __init__(self, flat: "torch.Tensor", fp16: bool, staging: bool) -> None:
         import torch
 
-        self.flat, self.inv = flat, 1.0 / world
+        self.flat = flat
         self.fp16, self.cuda = fp16, flat.is_cuda
         self.staging = staging or self.cuda
         n = flat.numel()
@@ -117,15 +119,13 @@ class Wire:
         return self.host_np[s]
 
     def _pack_ops(self, s: slice) -> None:
-        import torch
-
         if self.fp16:
-            torch.mul(self.flat[s], self.inv, out=self.wire_dev[s])
+            self.wire_dev[s].copy_(self.flat[s])
         if self.staging:
             self.host[s].copy_(self.wire_dev[s], non_blocking=self.cuda)
 
     def unpack(self, b: Bucket) -> None:
-        """Reduced host values of bucket b -> device gradients, averaged over ranks."""
+        """Reduced host values of bucket b -> device gradients (a no-op on CPU without staging/fp16)."""
         import torch
 
         s = slice(b.start, b.stop)
@@ -143,8 +143,6 @@ class Wire:
             self.wire_dev[s].copy_(self.host[s], non_blocking=self.cuda)
         if self.fp16:
             self.flat[s].copy_(self.wire_dev[s])
-        else:
-            self.flat[s].mul_(self.inv)
 
     def join_device(self) -> None:
         """Make the compute stream wait for every bucket's copy back (CUDA); no-op on CPU."""
@@ -185,17 +183,20 @@ class BucketEngine:
         self.flat = torch.zeros(total, dtype=torch.float32, device=self.params[0].device)
         self.buckets: list[Bucket] = []
         self.bucket_of: dict[int, int] = {}
+        self.views: dict[int, "torch.Tensor"] = {}
         off = 0
         for bi, group in enumerate(groups):
             start = off
             for i in group:
                 p = order[i]
                 n = p.numel()
-                p.grad = self.flat[off:off + n].view_as(p)  # gradients accumulate into the bucket
+                self.views[id(p)] = self.flat[off:off + n].view_as(p)  # p's gradient slot
                 self.bucket_of[id(p)] = bi
                 off += n
             self.buckets.append(Bucket(bi, start, off, len(group)))
-        self.wire = Wire(self.flat, self.world, fp16, staging)
+        self.inv = 1.0 / self.world
+        self._fired: set[int] = set()
+        self.wire = Wire(self.flat, fp16, staging)
         self.overlap = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         self._pending = [0] * len(self.buckets)
         self._ready = [threading.Event() for _ in self.buckets]
@@ -211,12 +212,15 @@ class BucketEngine:
             self._thread.start()
 
     # -- per step ------------------------------------------------------------------------------------
-    def zero_grad(self) -> None:
-        """Zero every gradient (they are views into the flat buffer, so one fill)."""
-        self.flat.zero_()
-
     def begin(self) -> None:
-        """Arm the hooks for one backward pass; with overlap, queue the step for the comm thread."""
+        """Arm the hooks for one backward pass; with overlap, queue the step for the comm thread.
+
+        Gradients are set to None so autograd hands each hook a fresh tensor (no zeroing pass, no
+        accumulation pass); the hook copies it, scaled, into the bucket.
+        """
+        for p in self.params:
+            p.grad = None
+        self._fired.clear()
         for b in self.buckets:
             self._pending[b.index] = b.n_params
             self._ready[b.index].clear()
@@ -227,9 +231,17 @@ class BucketEngine:
             self._jobs.put("step")
 
     def _on_grad(self, param: "torch.Tensor") -> None:
+        import torch
+
         if not self._active:
             return
-        bi = self.bucket_of[id(param)]
+        key = id(param)
+        view = self.views[key]
+        if param.grad is not view:
+            torch.mul(param.grad, self.inv, out=view)  # copy into the bucket, averaged on the way
+            param.grad = view
+        self._fired.add(key)
+        bi = self.bucket_of[key]
         self._pending[bi] -= 1
         if self._pending[bi] == 0:
             self.wire.mark_ready(self.buckets[bi])
@@ -239,7 +251,13 @@ class BucketEngine:
         """After backward: make sure every bucket is reduced; return the seconds spent waiting."""
         t0 = time.perf_counter()
         self._active = False
-        for b in self.buckets:  # parameters that got no gradient this step: their bucket is ready now
+        if len(self._fired) < len(self.params):  # parameters that got no gradient this step: zeros
+            for p in self.params:
+                if id(p) not in self._fired:
+                    view = self.views[id(p)]
+                    view.zero_()
+                    p.grad = view
+        for b in self.buckets:  # ... and their buckets are ready now
             if not self._ready[b.index].is_set():
                 self.wire.mark_ready(b)
                 self._ready[b.index].set()
@@ -318,7 +336,6 @@ class OwnTrainer(Trainer):
     def step(self, x: "torch.Tensor", y: "torch.Tensor") -> StepResult:
         t0 = time.perf_counter()
         eng = self.engine
-        eng.zero_grad()
         out = self.ctx.model(x)
         loss = loss_fn(self.ctx.cfg, out, y)
         eng.begin()
