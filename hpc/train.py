@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
@@ -33,8 +32,12 @@ SCALINGS = ("strong", "weak", "none")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from hpc import sync
+
+    epilog = "sync schemes:\n" + "\n".join(f"  {n:<20} {d}" for n, d in sync.names())
     p = sub.add_parser("train", help="train a model with own gradient sync or Horovod/DeepSpeed/DDP",
-                       description=__doc__.splitlines()[0])
+                       description=__doc__.splitlines()[0], epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sync", default="ring", metavar="S",
                    help="ring|ps|ps-async|auto|mpi|horovod|ddp|deepspeed-zero1|2|3, or any collective "
                         "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring)")

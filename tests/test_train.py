@@ -333,6 +333,21 @@ def test_cuda_device(tmp_path: Path) -> None:
     assert runs["cuda"]["record"]["device"] == "cuda" and runs["cuda"]["record"]["host_staging"] is True
 
 
+def test_horovod_build_wrapper_and_skip(tmp_path: Path) -> None:
+    from hpc.horovod_build import build_env
+
+    env = build_env(tmp_path, jobs=2)
+    probe = subprocess.run([env["CXX"], "-std=c++14", "-dM", "-E", "-x", "c++", "/dev/null"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert "#define __cplusplus 201703L" in probe.stdout  # C++14 was rewritten to C++17
+    assert env["CMAKE_POLICY_VERSION_MINIMUM"] == "3.5" and env["HOROVOD_WITH_PYTORCH"] == "1"
+    if HAVE_HOROVOD:  # installed: the script notices and does nothing
+        proc = subprocess.run([sys.executable, "-m", "hpc.horovod_build"], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        assert proc.returncode == 0 and "already works" in proc.stdout, proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(HAVE_HOROVOD, reason="horovod is installed: the missing-package path is tested above")
 def test_horovod_absent_really() -> None:
     line = one_error_line(hpc("train", "--np", "2", "--sync", "horovod", "--steps", "1", timeout=120))

@@ -71,7 +71,7 @@ def names() -> list[tuple[str, str]]:
     """(name, description) of every `--sync` value that needs no plug-in, for help and listings."""
     from kernels import BUILTINS
 
-    rows = [(n, f"{OWN_DESCRIPTION} ({d})") for n, (_, d) in BUILTINS.items()]
+    rows = [(n, f"own buckets + {d}") for n, (_, d) in BUILTINS.items()]
     return rows + [(n, d) for n, (_, _, d) in SCHEMES.items()]
 
 

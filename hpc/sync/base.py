@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -251,10 +251,3 @@ def torch_dist_env(comm: "MPI.Comm", local_rank: int, local_size: int) -> dict[s
 def apply_env(env: dict[str, str]) -> None:
     """Export the torch.distributed variables into this process."""
     os.environ.update(env)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Run fn and return (its result, seconds taken)."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
