@@ -200,6 +200,9 @@ def config_from_data(cfg: ModelConfig, sample_shape: tuple[int, ...], x_dtype: n
                      attrs: dict[str, Any], y_max: int | None) -> ModelConfig:
     """Adapt the model's input/output sizes to an HDF5 file's samples (shape, classes, vocab)."""
     kind = cfg.kind
+    if kind != "tokens" and x_dtype.kind not in "f":
+        raise HpcError(f"model '{cfg.name}' needs floating-point samples, the file holds {x_dtype} "
+                       "(token ids? use --model transformer)")
     classes = int(attrs.get("classes") or (y_max + 1 if y_max is not None else cfg.classes))
     if kind == "tabular":
         if len(sample_shape) != 1:

@@ -274,6 +274,19 @@ def test_bad_input_is_one_line(argv: list[str], message: str) -> None:
     assert message in line, line
 
 
+def test_model_that_does_not_fit_the_data_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tok.h5"
+    made = hpc("data", "make", str(tokens), "--kind", "tokens", "--samples", "64", "--shape", "8",
+               "--classes", "16", "--no-progress", timeout=120)
+    assert made.returncode == 0, made.stderr
+    line = one_error_line(hpc("train", "--np", "2", "--model", "mlp", "--data", str(tokens), "--steps", "1",
+                              timeout=120))
+    assert "needs floating-point samples" in line and "--model transformer" in line, line
+    ok = hpc("train", "--np", "2", "--model", "transformer", "--width", "16", "--depth", "1", "--heads", "2",
+             "--data", str(tokens), "--steps", "2", "--batch", "4", timeout=180)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_nonfinite_loss_stops_every_rank(tmp_path: Path) -> None:
     for sync, np_ in (("ring", "2"), ("ps-async", "3")):
         out = tmp_path / f"{sync}.jsonl"
