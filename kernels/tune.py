@@ -3,6 +3,7 @@
 Run under MPI, e.g.
   mpirun -n 4 python -m mpi4py -m kernels.tune latency --sizes 8,64,1024,8192
   mpirun -n 4 python -m mpi4py -m kernels.tune bandwidth --sizes 4M,16M,64M
+  mpirun -n 4 python -m mpi4py -m kernels.tune crossover   # thresholds for kernels.auto
 Algorithms are interleaved in every repetition so machine noise hits them alike; figures are medians
 over repetitions of the slowest rank's time per call. Rank 0 prints one table row per size.
 """
@@ -67,9 +68,34 @@ def measure(comm: MPI.Comm, algos: list[str], nbytes: int, reps: int, dtype: str
     return {a: statistics.median(t) for a, t in times.items()}
 
 
+def crossover(comm: MPI.Comm, sizes: str, reps: int) -> int:
+    """Print, per size, the medians of recursive_doubling / rabenseifner / ring and the first sizes
+    from which rabenseifner beats recursive_doubling and ring beats rabenseifner (auto's thresholds)."""
+    algos = ["recursive_doubling", "rabenseifner", "ring"]
+    rows = []
+    for s in sizes.split(","):
+        nbytes = parse_size(s)
+        med = measure(comm, algos, nbytes, reps)
+        rows.append((nbytes, med))
+        if comm.Get_rank() == 0:
+            cells = "  ".join(f"{a}={med[a] * 1e6:.1f}us" for a in algos)
+            print(f"{nbytes:>10}  {cells}  best={min(med, key=med.get)}", flush=True)
+    if comm.Get_rank() == 0:
+        def first(fast: str, slow: str) -> int | None:
+            """Smallest size from which `fast` wins at every larger measured size too."""
+            wins = [med[fast] < med[slow] for _, med in rows]
+            for i in range(len(rows)):
+                if all(wins[i:]):
+                    return rows[i][0]
+            return None
+        print(f"p={comm.Get_size()}: rabenseifner beats recursive_doubling from {first('rabenseifner', 'recursive_doubling')} B; "
+              f"ring beats rabenseifner from {first('ring', 'rabenseifner')} B")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mpi4py -m kernels.tune", description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=("latency", "bandwidth"))
+    ap.add_argument("mode", choices=("latency", "bandwidth", "crossover"))
     ap.add_argument("--sizes", default=None, help="comma list of byte sizes (8,1KB,4M)")
     ap.add_argument("--algos", default=None, help="comma list of registered names; mpi is always first")
     ap.add_argument("--reps", type=int, default=9)
@@ -77,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
     p = comm.Get_size()
+    if args.mode == "crossover":
+        return crossover(comm, args.sizes or "4K,8K,16K,32K,64K,128K,256K,512K,1M,2M,4M,8M,16M", args.reps)
     if args.mode == "latency":
         sizes = args.sizes or "8,64,512,1K,4K,8K,16K,32K,64K,128K,256K,512K,1M"
         algos = args.algos or "recursive_doubling,rabenseifner,ring,tree,auto"
