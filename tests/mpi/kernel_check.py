@@ -113,6 +113,23 @@ def check_errors(algos: dict) -> list[str]:
     return fails
 
 
+def check_bonus_dtypes(algos: dict) -> list[str]:
+    """Dtypes MPI has no reduction for (float16) or that tests rarely use: SUM against numpy."""
+    fails = []
+    for dtype in ("float16", "complex128", "uint8"):
+        for n in (0, 1, P + 1, 3001):
+            x = (np.random.default_rng([RANK, n]).integers(0, 5, n) * (1 + 1j if dtype == "complex128" else 1)).astype(dtype)
+            expected = np.sum(COMM.allgather(x), axis=0, dtype=dtype) if n else x
+            for name, algo in algos.items():
+                if name == "mpi":
+                    continue
+                out = np.empty_like(x)
+                algo(COMM, x, out, MPI.SUM)
+                if not np.allclose(out.astype(complex), expected.astype(complex), rtol=1e-2):
+                    fails.append(f"{name} p={P} n={n} {dtype} SUM: wrong result on rank {RANK}")
+    return fails
+
+
 def sweep(algos: dict, sizes: str) -> tuple[int, list[str]]:
     """The fixed grid: all kernels x sizes x dtypes x SUM/MAX (MIN/PROD on small sizes) x in place."""
     small = sorted({0, 1, max(P - 1, 0), P + 1, 17})
@@ -159,7 +176,7 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=40)
     args = ap.parse_args()
     algos = load_algos()
-    fails = check_errors(algos)
+    fails = sum(COMM.allgather(check_errors(algos) + check_bonus_dtypes(algos)), [])
     count, sweep_fails = sweep(algos, args.sizes)
     fails += sweep_fails
     if RANK == 0:
