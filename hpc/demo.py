@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # The schemes that need nothing but this package; the others join when their package is installed.
-OWN_SCHEMES = ("ring", "auto", "ps", "mpi", "ps-async", "ddp")
+OWN_SCHEMES = ("ring", "mpi", "ps", "auto", "ps-async", "ddp")
 OPTIONAL_SCHEMES = {"horovod": "horovod", "deepspeed-zero1": "deepspeed",
                     "deepspeed-zero2": "deepspeed", "deepspeed-zero3": "deepspeed"}
 
