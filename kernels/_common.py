@@ -112,6 +112,15 @@ def flat(sendbuf, recvbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return send, recv
 
 
+def nothing_to_exchange(send: np.ndarray, recv: np.ndarray, p: int) -> bool:
+    """One rank or an empty buffer: the result is the input (copied when out of place)."""
+    if p == 1 or send.size == 0:
+        if send is not recv:
+            np.copyto(recv, send)
+        return True
+    return False
+
+
 def _view1d(buf, name: str) -> np.ndarray:
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, not {type(buf).__name__}")

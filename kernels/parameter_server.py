@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, scratch, ufunc
+from kernels._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc
 
 TAG = 7501
 
@@ -26,9 +26,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         raise ValueError(f"parameter server with servers={servers} needs at least {servers + 1} ranks "
                          f"(one worker or more), got {p}")
     k = servers or p  # number of owners: ranks 0..k-1, owner j holds shard j
-    if p == 1 or n == 0:
-        if send is not recv:
-            np.copyto(recv, send)
+    if nothing_to_exchange(send, recv, p):
         return
     off = blocks(n, k)
     # push: every rank sends shard j to owner j (an owner keeps its own shard in place)

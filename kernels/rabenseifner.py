@@ -8,7 +8,18 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import blocks, flat, fold, recv_bytes, scratch, send_bytes, sendrecv_bytes, ufunc, unfold
+from kernels._common import (
+    blocks,
+    flat,
+    fold,
+    nothing_to_exchange,
+    recv_bytes,
+    scratch,
+    send_bytes,
+    sendrecv_bytes,
+    ufunc,
+    unfold,
+)
 
 TAG = 7201
 
@@ -18,9 +29,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     fn = ufunc(op)
     send, recv = flat(sendbuf, recvbuf)
     rank, p, n = comm.Get_rank(), comm.Get_size(), send.size
-    if p == 1 or n == 0:
-        if send is not recv:
-            np.copyto(recv, send)
+    if nothing_to_exchange(send, recv, p):
         return
     p2, newrank = fold(rank, p)
     rem = p - p2

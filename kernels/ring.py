@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, scratch, ufunc, wait, waitall
+from kernels._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc, wait, waitall
 
 TAG = 7401
 SEGMENT_BYTES = 512 * 1024  # pipeline unit: cache-sized, large enough to amortise a message
@@ -24,9 +24,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     fn = ufunc(op)
     send, recv = flat(sendbuf, recvbuf)
     rank, p, n = comm.Get_rank(), comm.Get_size(), send.size
-    if p == 1 or n == 0:
-        if send is not recv:
-            np.copyto(recv, send)
+    if nothing_to_exchange(send, recv, p):
         return
     off = blocks(n, p)
     right, left = (rank + 1) % p, (rank - 1) % p

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import flat, recv_bytes, scratch, send_bytes, ufunc
+from kernels._common import flat, nothing_to_exchange, recv_bytes, scratch, send_bytes, ufunc
 
 TAG = 7301
 
@@ -17,9 +17,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     fn = ufunc(op)
     send, recv = flat(sendbuf, recvbuf)
     rank, p = comm.Get_rank(), comm.Get_size()
-    if p == 1 or send.size == 0:
-        if send is not recv:
-            np.copyto(recv, send)
+    if nothing_to_exchange(send, recv, p):
         return
     tmp = scratch(send.dtype, send.size)
     cur = send
