@@ -85,7 +85,9 @@ def console(comm: "MPI.Comm | None" = None) -> "Console":
     from rich.console import Console
 
     quiet = comm is not None and comm.Get_rank() != 0
-    tty = os.environ.get("HPC_TTY")
+    from hpc.env import get
+
+    tty = get("HPC_TTY")
     force = True if tty == "1" else False if tty == "0" else None
     width = 120 if tty == "0" else None  # through pipes rich would assume 80 columns and squeeze tables
     return Console(quiet=quiet, force_terminal=force, highlight=False, width=width)

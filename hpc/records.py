@@ -25,16 +25,13 @@ SUFFIX = ".jsonl"
 
 def new(kind: str, np: int, **fields: Any) -> dict[str, Any]:
     """A record with the common keys filled in; sweep context comes from the HPC_* environment."""
-    env = os.environ
+    from hpc.env import sweep_context
+
     rec: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": kind,
         "np": np,
-        "nodes": int(env["HPC_NODES"]) if env.get("HPC_NODES", "").isdigit() else None,
-        "scaling": env.get("HPC_SCALING", "none"),
-        "sweep_id": env.get("HPC_SWEEP_ID") or None,
-        "point_id": env.get("HPC_POINT_ID") or None,
-        "rep": int(env.get("HPC_REP", "0") or 0),
+        **sweep_context(),
         "status": "ok",
         "error": None,
     }
@@ -159,7 +156,9 @@ def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None
 
 def command_line() -> list[str]:
     """The user's `hpc ...` command line as they typed it (set by the launching parent)."""
-    saved = os.environ.get("HPC_ARGV")
+    from hpc.env import get
+
+    saved = get("HPC_ARGV")
     if saved:
         try:
             return json.loads(saved)

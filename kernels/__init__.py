@@ -1,19 +1,23 @@
 """Allreduce algorithms written on mpi4py point-to-point calls, one module each.
 
 Every algorithm is a plain function `allreduce(comm, sendbuf, recvbuf, op=MPI.SUM) -> None` with the
-semantics of `comm.Allreduce`. Nothing is imported here, so `import kernels` stays cheap.
+semantics of `comm.Allreduce`. Nothing is imported here, so `import hpc.kernels` stays cheap.
 """
 
 # registered name -> ("module:function", one-line description)
 BUILTINS: dict[str, tuple[str, str]] = {
-    "mpi": ("kernels.mpi:allreduce", "native MPI_Allreduce (the baseline)"),
-    "ring": ("kernels.ring:allreduce", "pipelined ring: reduce-scatter + allgather, bandwidth-optimal"),
-    "recursive_doubling": ("kernels.recursive_doubling:allreduce",
+    "mpi": ("hpc.kernels.mpi:allreduce", "native MPI_Allreduce (the baseline)"),
+    "ring": ("hpc.kernels.ring:allreduce", "pipelined ring: reduce-scatter + allgather, bandwidth-optimal"),
+    "recursive_doubling": ("hpc.kernels.recursive_doubling:allreduce",
                            "recursive doubling, log2(p) full exchanges; small messages"),
-    "rabenseifner": ("kernels.rabenseifner:allreduce",
+    "rabenseifner": ("hpc.kernels.rabenseifner:allreduce",
                      "recursive-halving reduce-scatter + recursive-doubling allgather; medium/large"),
-    "tree": ("kernels.tree:allreduce", "binomial-tree reduce to rank 0 + binomial broadcast"),
-    "ps": ("kernels.parameter_server:allreduce",
+    "tree": ("hpc.kernels.tree:allreduce", "binomial-tree reduce to rank 0 + binomial broadcast"),
+    "ps": ("hpc.kernels.parameter_server:allreduce",
            "sharded parameter server: each rank reduces 1/p of the buffer and sends it back"),
-    "auto": ("kernels.auto:allreduce", "picks recursive_doubling / rabenseifner / ring by size and p"),
+    "auto": ("hpc.kernels.auto:allreduce", "picks recursive_doubling / rabenseifner / ring by size and p"),
+    "shm": ("hpc.kernels.shm:allreduce",
+            "one node: MPI-3 shared window, each rank reduces 1/p of it; no messages"),
+    "hier": ("hpc.kernels.hier:allreduce",
+             "shm reduce in each node, allreduce between nodes, shm copy-out (HPC_HIER_GROUP=shared|host)"),
 }

@@ -15,11 +15,15 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels import rabenseifner, recursive_doubling, ring
+from . import _shm, hier, rabenseifner, recursive_doubling, ring, shm
 
 KB, MB = 1024, 1024 * 1024
 THRESHOLDS: dict[int, tuple[int, int]] = {2: (4 * MB, 8 * MB), 3: (256 * KB, 1 * MB), 4: (256 * KB, 4 * MB)}
 DEFAULT = (1 * MB, 8 * MB)  # p >= 5
+SHM_MAX: dict[int, int] = {}  # shm / hier below this many bytes (per p), point-to-point above
+SHM_MAX_DEFAULT = 1 << 62
+_OK_OPS = {op.py2f() for op in (MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN, MPI.LAND, MPI.LOR, MPI.LXOR,
+                                MPI.BAND, MPI.BOR, MPI.BXOR)}
 
 
 def choose(nbytes: int, p: int, table: dict[int, tuple[int, int]] = THRESHOLDS):
@@ -30,6 +34,20 @@ def choose(nbytes: int, p: int, table: dict[int, tuple[int, int]] = THRESHOLDS):
     return rabenseifner.allreduce if nbytes < large else ring.allreduce
 
 
+def choose_node(nbytes: int, p: int, node: _shm.Node):
+    """Shared memory where the ranks can use it: `shm` on one node, `hier` across nodes with more
+    than one rank on some node (else point-to-point); `ring` from SHM_MAX on (see THRESHOLDS)."""
+    if nbytes >= SHM_MAX.get(p, SHM_MAX_DEFAULT):
+        return choose(nbytes, p)
+    if node.nodes == 1:
+        return shm.allreduce
+    return hier.allreduce if node.nodes < p else choose(nbytes, p)
+
+
 def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM) -> None:
-    """Allreduce with the algorithm `choose` picks (same contract as `comm.Allreduce`)."""
-    choose(getattr(recvbuf, "nbytes", 0), comm.Get_size())(comm, sendbuf, recvbuf, op)
+    """Allreduce with the algorithm `choose_node` picks (same contract as `comm.Allreduce`)."""
+    p = comm.Get_size()
+    nbytes = getattr(recvbuf, "nbytes", 0)
+    if p == 1 or not isinstance(op, MPI.Op) or op.py2f() not in _OK_OPS:
+        return choose(nbytes, p)(comm, sendbuf, recvbuf, op)  # these raise or copy; no window needed
+    choose_node(nbytes, p, _shm.node_of(comm))(comm, sendbuf, recvbuf, op)

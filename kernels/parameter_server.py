@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc
+from ._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc
 
 TAG = 7501
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import (
+from ._common import (
     flat,
     fold,
     nothing_to_exchange,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc, wait, waitall
+from ._common import BYTE, blocks, flat, nothing_to_exchange, scratch, ufunc, wait, waitall
 
 TAG = 7401
 SEGMENT_BYTES = 512 * 1024  # pipeline unit: cache-sized, large enough to amortise a message

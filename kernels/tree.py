@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from kernels._common import flat, nothing_to_exchange, recv_bytes, scratch, send_bytes, ufunc
+from ._common import flat, nothing_to_exchange, recv_bytes, scratch, send_bytes, ufunc
 
 TAG = 7301
 

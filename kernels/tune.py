@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from kernels import BUILTINS
+from . import BUILTINS
 
 UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
@@ -33,6 +33,8 @@ def resolve(name: str):
     """Registered name (optionally name:key=value for int keyword args) -> callable."""
     name, _, kw = name.partition(":")
     mod, func = BUILTINS[name][0].split(":")
+    if mod.startswith("hpc.kernels."):  # this package, wherever it is installed (hpc.kernels or a checkout)
+        mod = f"{__package__}.{mod.rsplit('.', 1)[1]}"
     fn = getattr(importlib.import_module(mod), func)
     if kw:
         key, val = kw.split("=")

@@ -38,7 +38,7 @@ def worker_throughput(path: str, reps: int, batch: int) -> None:
     import numpy as np
     from mpi4py import MPI
 
-    from hpc.loader import ShardedLoader, shard_range
+    from hpc.data.loader import ShardedLoader, shard_range
 
     comm = MPI.COMM_WORLD
     loader_s, raw_s, direct_s = [], [], []
@@ -91,7 +91,7 @@ def worker_rss(path: str, batch: int) -> None:
     """On every rank: peak RSS before and after streaming one shuffled epoch; rank 0 prints JSON."""
     from mpi4py import MPI
 
-    from hpc.loader import ShardedLoader
+    from hpc.data.loader import ShardedLoader
 
     comm = MPI.COMM_WORLD
     with ShardedLoader(path, comm.rank, comm.size, batch_size=batch, shuffle=True,
@@ -105,7 +105,7 @@ def worker_rss(path: str, batch: int) -> None:
 
 
 def _launch(ranks: int, *args: str, timeout: float = 900) -> list[dict]:
-    from hpc.launch import mpirun_argv
+    from hpc.launch.mpirun import mpirun_argv
 
     argv = mpirun_argv(ranks, [sys.executable, "-m", "mpi4py", os.path.abspath(__file__), *args])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
@@ -116,7 +116,7 @@ def _launch(ranks: int, *args: str, timeout: float = 900) -> list[dict]:
 
 
 def _make(path: str, gb: float) -> None:
-    from hpc.data import make_synthetic
+    from hpc.data.make import make_synthetic
 
     rows = int(gb * 1e9 / (FEATURES * 4 + 8))
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpc.launch import mpirun_argv
+from hpc.launch.mpirun import mpirun_argv
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = REPO / "tests" / "plugins"

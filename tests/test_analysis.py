@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from hpc import compare
+from hpc.analysis import compare
 from tests.helpers import hpc, one_error_line
 from tests.test_fit import coll_records, train_records, write_records
 

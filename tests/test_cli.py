@@ -8,7 +8,9 @@ import time
 import pandas as pd
 import pytest
 
-from hpc import launch, records, registry
+from hpc import records
+from hpc.launch import mpirun as launch
+from hpc.plugins import registry
 from hpc.errors import HpcError
 from tests.helpers import PLUGINS, hpc, mpirun, one_error_line
 

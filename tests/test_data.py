@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpc.data import import_npy, inspect_file, make_synthetic
+from hpc.data.make import import_npy, inspect_file, make_synthetic
 from hpc.errors import HpcError
-from hpc.loader import ShardedLoader, epoch_pieces, shard_range
+from hpc.data.loader import ShardedLoader, epoch_pieces, shard_range
 from tests.helpers import REPO, hpc, mpirun, one_error_line
 
 FAST = settings(max_examples=150, deadline=None)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hpc import costmodel, fit
+from hpc.analysis import costmodel, laws, scaling
 from hpc.errors import HpcError
 from tests.helpers import hpc, one_error_line
 
@@ -24,7 +24,7 @@ def synth(law: str, p: float, noise: float, seed: int, reps: int = 5, ns=NS, t1:
     """(N, time) with `reps` repetitions per N from the law's time model, multiplicative noise."""
     rng = np.random.default_rng(seed)
     n = np.repeat(np.asarray(ns, dtype=float), reps)
-    return n, fit.law_time(law, n, t1, p) * (1.0 + noise * rng.standard_normal(n.size))
+    return n, laws.law_time(law, n, t1, p) * (1.0 + noise * rng.standard_normal(n.size))
 
 
 # ---------------------------------------------------------------- records shared with test_analysis
@@ -40,11 +40,11 @@ def train_records(sync: str, p: float, scaling: str, *, nps=(1, 2, 4, 8), reps: 
                   t1: float = 0.2, noise: float = 0.02, seed: int = 0, status: str = "ok") -> list[dict]:
     """Training records (schema hpc.record/1) whose step time follows Amdahl or Gustafson."""
     rng = np.random.default_rng(seed)
-    law = fit.AMDAHL if scaling == "strong" else fit.GUSTAFSON
+    law = laws.AMDAHL if scaling == "strong" else laws.GUSTAFSON
     out = []
     for n in nps:
         for rep in range(reps):
-            t = float(fit.law_time(law, n, t1, p)) * (1 + noise * rng.standard_normal())
+            t = float(laws.law_time(law, n, t1, p)) * (1 + noise * rng.standard_normal())
             gb = 256 if scaling == "strong" else 64 * n
             out.append({
                 "schema": "hpc.record/1", "kind": "train", "np": n, "nodes": 1, "scaling": scaling,
@@ -91,22 +91,22 @@ def write_records(path, records: list[dict]) -> None:
 # ---------------------------------------------------------------- the laws
 
 def test_worked_example():
-    assert round(fit.amdahl_speedup(10, 0.9), 2) == 5.26
-    assert round(fit.gustafson_speedup(10, 0.9), 2) == 9.1
+    assert round(laws.amdahl_speedup(10, 0.9), 2) == 5.26
+    assert round(laws.gustafson_speedup(10, 0.9), 2) == 9.1
 
 
 def test_time_model_matches_speedup_definitions():
     n = NS
-    t_strong = fit.law_time("amdahl", n, 3.0, 0.8)
-    assert np.allclose(t_strong[0] / t_strong, fit.amdahl_speedup(n, 0.8))
-    t_weak = fit.law_time("gustafson", n, 3.0, 0.8)
-    assert np.allclose(n * t_weak[0] / t_weak, fit.gustafson_speedup(n, 0.8))
+    t_strong = laws.law_time("amdahl", n, 3.0, 0.8)
+    assert np.allclose(t_strong[0] / t_strong, laws.amdahl_speedup(n, 0.8))
+    t_weak = laws.law_time("gustafson", n, 3.0, 0.8)
+    assert np.allclose(n * t_weak[0] / t_weak, laws.gustafson_speedup(n, 0.8))
 
 
-@pytest.mark.parametrize("law", fit.LAWS)
+@pytest.mark.parametrize("law", laws.LAWS)
 def test_noise_free_data_is_recovered_exactly(law):
     n, t = synth(law, 0.87, 0.0, 0)
-    r = fit.fit_law(n, t, law)
+    r = scaling.fit_law(n, t, law)
     assert r.p == pytest.approx(0.87, abs=1e-6)
     assert r.t1 == pytest.approx(2.0, rel=1e-6)
     assert r.r2 == pytest.approx(1.0, abs=1e-9)
@@ -116,7 +116,7 @@ def test_noise_free_data_is_recovered_exactly(law):
 
 def test_karp_flatt_equals_serial_fraction_on_amdahl_data():
     n, t = synth("amdahl", 0.9, 0.0, 0)
-    r = fit.fit_law(n, t, "amdahl")
+    r = scaling.fit_law(n, t, "amdahl")
     kf = [pt["karp_flatt"] for pt in r.points if pt["np"] > 1]
     assert np.allclose(kf, 0.1, atol=1e-9)
     assert r.points[0]["karp_flatt"] is None
@@ -125,17 +125,17 @@ def test_karp_flatt_equals_serial_fraction_on_amdahl_data():
 
 def test_gustafson_pointwise_serial_fraction():
     n, t = synth("gustafson", 0.75, 0.0, 0)
-    r = fit.fit_law(n, t, "gustafson")
+    r = scaling.fit_law(n, t, "gustafson")
     assert np.allclose([pt["serial_fraction_point"] for pt in r.points[1:]], 0.25, atol=1e-9)
     assert r.ceiling is None
 
 
 def test_predictions_at_2_10_100_times_largest_n():
     n, t = synth("amdahl", 0.95, 0.01, 3)
-    r = fit.fit_law(n, t, "amdahl")
+    r = scaling.fit_law(n, t, "amdahl")
     assert [pr["np"] for pr in r.predictions] == [64, 320, 3200]
     for pr in r.predictions:
-        assert pr["speedup"] == pytest.approx(fit.amdahl_speedup(pr["np"], r.p))
+        assert pr["speedup"] == pytest.approx(laws.amdahl_speedup(pr["np"], r.p))
         assert pr["efficiency"] == pytest.approx(pr["speedup"] / pr["np"])
         lo, hi = pr["speedup_ci95"]
         assert lo <= pr["speedup"] <= hi < r.ceiling * 1.5
@@ -147,7 +147,7 @@ def test_predictions_at_2_10_100_times_largest_n():
 @pytest.mark.parametrize("p,noise", [(0.9, 0.03), (0.95, 0.03), (0.99, 0.03), (0.5, 0.01), (0.8, 0.01)])
 def test_strong_accuracy_within_001(p, noise):
     """N = 1..32, 5 reps: the fitted P is within ±0.01 of the truth for every seed."""
-    errs = [fit.fit_core(*synth("amdahl", p, noise, seed), "amdahl").p - p for seed in range(30)]
+    errs = [laws.fit_core(*synth("amdahl", p, noise, seed), "amdahl").p - p for seed in range(30)]
     assert max(abs(e) for e in errs) <= 0.01, errs
 
 
@@ -158,7 +158,7 @@ def test_weak_accuracy_within_002(p):
     At 3% noise the standard error of P for this design is ≈ 0.015 whatever the estimator, so a
     per-seed ±0.02 bound cannot hold there; the coverage test below checks the CI says so honestly.
     """
-    errs = [fit.fit_core(*synth("gustafson", p, 0.01, seed), "gustafson").p - p for seed in range(30)]
+    errs = [laws.fit_core(*synth("gustafson", p, 0.01, seed), "gustafson").p - p for seed in range(30)]
     assert max(abs(e) for e in errs) <= 0.02, errs
 
 
@@ -174,7 +174,7 @@ def test_ci95_covers_truth_95_percent_of_seeds(law, p):
     seeds = 200
     hits = 0
     for seed in range(seeds):
-        c = fit.fit_core(*synth(law, p, 0.03, 1000 + seed), law)
+        c = laws.fit_core(*synth(law, p, 0.03, 1000 + seed), law)
         hits += c.ci95[0] <= p <= c.ci95[1]
     lo, hi = _coverage_bounds(seeds)
     assert lo <= hits / seeds <= hi, (hits / seeds, lo, hi)
@@ -182,11 +182,11 @@ def test_ci95_covers_truth_95_percent_of_seeds(law, p):
 
 def test_bootstrap_ci_agrees_with_covariance_ci():
     n, t = synth("amdahl", 0.9, 0.03, 7)
-    r = fit.fit_law(n, t, "amdahl", bootstrap=500, seed=1)
+    r = scaling.fit_law(n, t, "amdahl", bootstrap=500, seed=1)
     (a, b), (c, d) = r.ci95, r.ci95_bootstrap
     assert c < r.p < d
     assert 0.5 < (d - c) / (b - a) < 2.0
-    again = fit.fit_law(n, t, "amdahl", bootstrap=500, seed=1)
+    again = scaling.fit_law(n, t, "amdahl", bootstrap=500, seed=1)
     assert again.ci95_bootstrap == r.ci95_bootstrap  # seeded: reproducible
 
 
@@ -195,7 +195,7 @@ def test_bootstrap_ci_agrees_with_covariance_ci():
 def test_time_growing_with_n_hits_lower_bound_and_is_flagged():
     n = np.repeat(NS, 3)
     t = 1.0 + 0.2 * np.log2(n) + 0.001 * np.tile([0, 1, -1], NS.size)
-    r = fit.fit_law(n, t, "amdahl")
+    r = scaling.fit_law(n, t, "amdahl")
     assert r.p == 0.0 and r.at_bound == "lower" and r.p_unconstrained < 0
     codes = {f["code"] for f in r.flags}
     assert "p_at_bound" in codes
@@ -204,14 +204,14 @@ def test_time_growing_with_n_hits_lower_bound_and_is_flagged():
 def test_superlinear_point_is_flagged():
     n = np.repeat([1.0, 2.0, 4.0, 8.0], 3)
     t = np.repeat([1.0, 0.45, 0.26, 0.14], 3) * np.tile([1.0, 1.01, 0.99], 4)
-    r = fit.fit_law(n, t, "amdahl")
+    r = scaling.fit_law(n, t, "amdahl")
     sup = [pt["np"] for pt in r.points if pt["superlinear"]]
     assert sup == [2]
     assert any(f["code"] == "superlinear" for f in r.flags)
 
 
 def test_few_points_and_reps_are_flagged():
-    r = fit.fit_law([1, 2, 4], [1.0, 0.55, 0.3], "amdahl")
+    r = scaling.fit_law([1, 2, 4], [1.0, 0.55, 0.3], "amdahl")
     codes = {f["code"] for f in r.flags}
     assert {"few_points", "few_reps"} <= codes
     assert r.ci95 is not None  # 3 observations, 1 degree of freedom
@@ -221,7 +221,7 @@ def test_model_choice_prefers_comm_model_when_log_term_is_real():
     rng = np.random.default_rng(5)
     n = np.repeat(NS, 5)
     t = (0.05 + 1.0 / n + 0.04 * np.log2(n)) * (1 + 0.01 * rng.standard_normal(n.size))
-    r = fit.fit_law(n, t, "amdahl")
+    r = scaling.fit_law(n, t, "amdahl")
     mc = r.model_choice
     assert mc["best_aicc"] == "comm" and mc["best_bic"] == "comm"
     assert not mc["law_supported"]
@@ -231,7 +231,7 @@ def test_model_choice_prefers_comm_model_when_log_term_is_real():
 
 
 def test_model_choice_supports_amdahl_on_amdahl_data():
-    r = fit.fit_law(*synth("amdahl", 0.9, 0.02, 11), "amdahl")
+    r = scaling.fit_law(*synth("amdahl", 0.9, 0.02, 11), "amdahl")
     assert r.model_choice["law_supported"]
     assert r.model_choice["best_cv"] in ("amdahl", "comm")
     assert not any(f["code"] == "model" for f in r.flags)
@@ -249,12 +249,12 @@ def test_model_choice_supports_amdahl_on_amdahl_data():
 ])
 def test_bad_points_raise_hpc_error(n, t, msg):
     with pytest.raises(HpcError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        fit.fit_law(n, t, "amdahl")
+        scaling.fit_law(n, t, "amdahl")
 
 
 def test_unknown_law():
     with pytest.raises(HpcError, match="unknown law"):
-        fit.fit_law([1, 2], [1.0, 0.6], "moore")
+        scaling.fit_law([1, 2], [1.0, 0.6], "moore")
 
 
 # ---------------------------------------------------------------- CLI: CSV and records
@@ -367,7 +367,7 @@ def test_costmodel_recovers_alpha_beta(algo):
 
 def test_costmodel_forms():
     assert costmodel.form_for("mpi") == "ring" and costmodel.form_for("ps") == "ring"
-    assert costmodel.form_for("kernels.recursive_doubling:allreduce") == "recursive_doubling"
+    assert costmodel.form_for("hpc.kernels.recursive_doubling:allreduce") == "recursive_doubling"
     x = costmodel.design("ring", [4], [1000])
     assert np.allclose(x, [[6.0, 1500.0]])
     x = costmodel.design("tree", [8], [10])

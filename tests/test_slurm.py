@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc import slurm
+from hpc.launch import slurm
 from hpc.errors import HpcError
 
 JOB_TIMEOUT_S = 120

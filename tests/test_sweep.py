@@ -150,7 +150,7 @@ def test_slurm_dry_run_scripts_submitted_by_hand_complete_the_sweep(slurm_cluste
         sub = slurm_cluster.run("sbatch", "--parsable", str(script), cwd=tmp_path)
         assert sub.returncode == 0, sub.stderr
         ids.append(sub.stdout.strip())
-    from hpc import slurm
+    from hpc.launch import slurm
 
     states = slurm.wait(ids, timeout_s=300, env=slurm_cluster.env)
     assert all(s.ok for s in states.values()), states

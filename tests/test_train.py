@@ -51,10 +51,10 @@ def run_matrix(tmp: Path, np_: int, cases: dict[str, list[str]], timeout: int = 
 
 def reference(argv: list[str], world: int, workers: int | None = None) -> np.ndarray:
     """Single-process training on the concatenation of every data rank's batches (same code paths)."""
-    from hpc.cli import build_parser
-    from hpc.models import build, loss_fn
-    from hpc.sync.base import TrainOptions, flat_params, make_optimizer
-    from hpc.train import data_source, plan
+    from hpc.cli.main import build_parser
+    from hpc.workloads.models import build, loss_fn
+    from hpc.workloads.sync.base import TrainOptions, flat_params, make_optimizer
+    from hpc.workloads.train import data_source, plan
 
     args = build_parser().parse_args(["train", *argv])
     pl = plan(args, world)
@@ -86,7 +86,7 @@ def assert_close(name: str, got: np.ndarray, want: np.ndarray, rtol: float = 1e-
 # -- pure pieces -----------------------------------------------------------------------------------
 
 def test_buckets_keep_order_and_size() -> None:
-    from hpc.sync.own import plan_buckets
+    from hpc.workloads.sync.own import plan_buckets
 
     sizes = [10, 10, 30, 5, 5, 5, 100]
     groups = plan_buckets(sizes, bucket_bytes=20 * 4)
@@ -96,7 +96,7 @@ def test_buckets_keep_order_and_size() -> None:
 
 
 def test_synthetic_streams_are_per_rank_and_reproducible() -> None:
-    from hpc.models import ModelConfig, SyntheticData
+    from hpc.workloads.models import ModelConfig, SyntheticData
 
     for name in ("mlp", "cnn", "transformer"):
         cfg = ModelConfig(name=name, seed=5)
@@ -110,8 +110,8 @@ def test_synthetic_streams_are_per_rank_and_reproducible() -> None:
 
 
 def test_models_are_seeded() -> None:
-    from hpc.models import ModelConfig, build
-    from hpc.sync.base import flat_params
+    from hpc.workloads.models import ModelConfig, build
+    from hpc.workloads.sync.base import flat_params
 
     for name in ("mlp", "cnn", "transformer"):
         one = flat_params(build(ModelConfig(name=name, seed=1)).parameters())

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
-from hpc.loader import ShardedLoader
+from hpc.data.loader import ShardedLoader
 
 
 def row_hashes(x: np.ndarray, y: np.ndarray) -> list[bytes]:

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-import kernels
+from hpc import kernels
 
 COMM = MPI.COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpc.cli import build_parser
+from hpc.cli.main import build_parser
 
 
 def main() -> int:

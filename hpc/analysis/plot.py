@@ -1,0 +1,315 @@
+"""`hpc plot`: speedup and efficiency vs N with the fitted law and its 95% band; busbw vs size.
+
+One PNG with a panel grid chosen from the data: for each scaling regime (strong/weak) with a fit,
+speedup (log-log, with the ideal line) and efficiency; for collective records, busbw and time vs
+message size at the largest rank count, and busbw vs rank count at the largest size.
+matplotlib's Agg backend is used through the object API (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from hpc.errors import HpcError
+
+_MARKERS = "osD^v<>ph*"
+
+
+def _axis_n(ax, ns: list[int]) -> None:
+    """log2 x axis with ticks at the given rank counts."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(ns))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("ranks N")
+
+
+def _extrap_ns(nmax: float) -> list[int]:
+    q, out = 1, []
+    while q <= 8 * nmax:
+        out.append(q)
+        q *= 2
+    return out
+
+
+def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
+    """Measured speedups (every rep and medians), ideal line, fitted curve with its CI band."""
+    import numpy as np
+
+    from hpc.analysis.laws import AMDAHL, law_speedup
+
+    law = fits[0].law
+    nmax = max(f.points[-1]["np"] for f in fits)
+    grid = np.geomspace(1, 8 * nmax, 200)
+    ax.plot(grid, grid, color="0.55", lw=1, ls=":", label="ideal S = N")
+    for i, f in enumerate(fits):
+        c = color(_name(f))
+        ns = np.array([p["np"] for p in f.points], dtype=float)
+        s = np.array([p["speedup"] for p in f.points])
+        inside = grid <= ns.max()
+        curve = law_speedup(law, grid, f.p)
+        if f.ci95:
+            ax.fill_between(grid, law_speedup(law, grid, f.ci95[0]), law_speedup(law, grid, f.ci95[1]),
+                            color=c, alpha=0.15, lw=0)
+        ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
+        ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
+        ci = f"[{f.ci95[0]:.3f}, {f.ci95[1]:.3f}]" if f.ci95 else ""
+        # whiskers: the speedup range over repetitions (T(1) median over each rep's T(N))
+        lo = np.array([p["speedup"] * p["time_median_s"] / p["time_max_s"] for p in f.points])
+        hi = np.array([p["speedup"] * p["time_median_s"] / p["time_min_s"] for p in f.points])
+        ax.errorbar(ns, s, yerr=[s - lo, hi - s], fmt=_MARKERS[i % len(_MARKERS)], color=c, ms=6,
+                    mec="white", mew=0.6, elinewidth=1, capsize=2,
+                    label=f"{_short(f)}: P = {f.p:.3f} {ci}")
+    ax.set_yscale("log", base=2)
+    _axis_n(ax, _extrap_ns(nmax))
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    kind = "Amdahl, strong scaling: S = T(1)/T(N)" if law == AMDAHL else \
+        "Gustafson, weak scaling: S = N·T(1)/T(N)"
+    ax.set_title(f"Speedup — {kind}", fontsize=10)
+    ax.set_ylabel("speedup S(N)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper left", framealpha=0.9,
+              title="median (whiskers: rep range), fit (line),\n95% CI (band), extrapolation (dashed)",
+              title_fontsize=7)
+
+
+def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
+    """Parallel efficiency S(N)/N, measured and fitted."""
+    import numpy as np
+
+    from hpc.analysis.laws import AMDAHL, law_speedup
+
+    law = fits[0].law
+    nmax = max(f.points[-1]["np"] for f in fits)
+    grid = np.geomspace(1, 8 * nmax, 200)
+    ax.axhline(1.0, color="0.55", lw=1, ls=":")
+    for i, f in enumerate(fits):
+        c = color(_name(f))
+        ns = np.array([p["np"] for p in f.points], dtype=float)
+        e = np.array([p["efficiency"] for p in f.points])
+        inside = grid <= ns.max()
+        eff = law_speedup(law, grid, f.p) / grid
+        if f.ci95:
+            ax.fill_between(grid, law_speedup(law, grid, f.ci95[0]) / grid,
+                            law_speedup(law, grid, f.ci95[1]) / grid, color=c, alpha=0.15, lw=0)
+        ax.plot(grid[inside], eff[inside], color=c, lw=1.8)
+        ax.plot(grid[~inside], eff[~inside], color=c, lw=1.4, ls="--")
+        ax.plot(ns, e, _MARKERS[i % len(_MARKERS)], color=c, ms=6, mec="white", mew=0.6,
+                label=_short(f))
+    _axis_n(ax, _extrap_ns(nmax))
+    ax.set_ylim(0, max(1.1, ax.get_ylim()[1]))
+    ax.set_ylabel("efficiency S(N)/N")
+    ax.set_title("Parallel efficiency — " + ("strong" if law == AMDAHL else "weak") + " scaling",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
+
+
+def _name(fit) -> str:
+    """Colour key: the algorithm/sync name, so one scheme has one colour in every panel."""
+    return str(fit.group.get("name", fit.label))
+
+
+def _short(fit) -> str:
+    g = fit.group
+    if "name" not in g:
+        return fit.label
+    v = g.get("variant")
+    return f"{g['name']} ({v})" if v is not None and g.get("kind") != "collective" else str(g["name"])
+
+
+def _median_by(recs: list[dict], key: str, field: str) -> tuple[list[float], list[float]]:
+    import numpy as np
+
+    by: dict[float, list[float]] = {}
+    for r in recs:
+        v = r.get(field)
+        if isinstance(v, (int, float)) and isinstance(r.get(key), (int, float)):
+            by.setdefault(float(r[key]), []).append(float(v))
+    xs = sorted(by)
+    return xs, [float(np.median(by[x])) for x in xs]
+
+
+def _collective_panels(coll: list[dict], color) -> list[Callable]:
+    """Panel painters for collective records: busbw/time vs size at max np, busbw vs np."""
+    from hpc.table import fmt_bytes
+
+    algos = sorted({str(r.get("algo")) for r in coll})
+    pmax = max(int(r["np"]) for r in coll)
+    at_p = [r for r in coll if int(r["np"]) == pmax]
+    panels = []
+
+    def size_axis(ax, sizes):
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(sizes))
+        if len(ticks) > 8:
+            ticks = ticks[:: max(1, len(ticks) // 8)]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_bytes(int(x))))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("message size")
+
+    def by_size(field: str, ylabel: str, title: str, logy: bool):
+        def paint(ax):
+            sizes = []
+            for i, a in enumerate(algos):
+                xs, ys = _median_by([r for r in at_p if str(r.get("algo")) == a], "size_bytes", field)
+                xs, ys = zip(*[(x, y) for x, y in zip(xs, ys) if x > 0 and y > 0]) if xs else ((), ())
+                if xs:
+                    ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], color=color(a), label=a,
+                            ms=5, lw=1.5)
+                    sizes += list(xs)
+            if not sizes:
+                ax.text(0.5, 0.5, f"no {field} data", ha="center", transform=ax.transAxes)
+                return
+            size_axis(ax, sizes)
+            if logy:
+                from matplotlib.ticker import FuncFormatter
+
+                from hpc.table import fmt_time
+
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: fmt_time(y)))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{title} — np = {pmax}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=8, framealpha=0.9)
+        return paint
+
+    def paint_ratio(ax):
+        base = dict(zip(*_median_by([r for r in at_p if str(r.get("algo")) == "mpi"],
+                                    "size_bytes", "time_s")))
+        sizes = []
+        for i, a in enumerate(algos):
+            if a == "mpi":
+                continue
+            xs, ys = _median_by([r for r in at_p if str(r.get("algo")) == a], "size_bytes", "time_s")
+            pts = [(x, base[x] / y) for x, y in zip(xs, ys) if x in base and y > 0 and x > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker=_MARKERS[i % len(_MARKERS)], color=color(a), label=a,
+                        ms=5, lw=1.5)
+                sizes += [x for x, _ in pts]
+        ax.axhline(1.0, color=color("mpi"), lw=1.2, ls="--", label="mpi (native)")
+        ax.axhline(0.9, color="0.5", lw=0.8, ls=":", label="0.9× native")
+        size_axis(ax, sizes or [1])
+        ax.set_yscale("log", base=2)
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}×"))
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0.25), max(hi, 2.0))
+        ax.set_ylabel("speed vs native MPI (time_mpi / time)")
+        ax.set_title(f"Relative to native MPI_Allreduce — np = {pmax}", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, framealpha=0.9)
+
+    if pmax > 1:
+        panels.append(by_size("busbw_GBps", "busbw (GB/s), higher is better",
+                              "Allreduce bus bandwidth vs size", False))
+    panels.append(by_size("time_s", "time per call, lower is better",
+                          "Allreduce time vs size", True))
+    if pmax > 1 and "mpi" in algos and len(algos) > 1:
+        panels.append(paint_ratio)
+    nps = sorted({int(r["np"]) for r in coll if int(r["np"]) > 1})
+    if len(nps) >= 2:
+        smax = max(int(r["size_bytes"]) for r in coll)
+
+        def paint_np(ax):
+            for i, a in enumerate(algos):
+                xs, ys = _median_by([r for r in coll if str(r.get("algo")) == a and
+                                     int(r["size_bytes"]) == smax and int(r["np"]) > 1],
+                                    "np", "busbw_GBps")
+                if xs:
+                    ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], color=color(a), label=a,
+                            ms=5, lw=1.5)
+            _axis_n(ax, nps)
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel("busbw (GB/s), higher is better")
+            ax.set_title(f"Bus bandwidth vs ranks — {fmt_bytes(smax)}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8, framealpha=0.9)
+        panels.append(paint_np)
+    return panels
+
+
+def _palette(names: Iterable[str]) -> Callable[[str], Any]:
+    """Stable colour per name (tab10 in sorted order)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    order = {n: i for i, n in enumerate(sorted(set(names)))}
+    return lambda n: cmap(order.get(n, 0) % 10)
+
+
+def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict] | None = None,
+                title: str | None = None) -> Path:
+    """Write one PNG with scaling panels for `fits` and collective panels for `collective` records."""
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fits = [f for f in (fits or []) if f.group.get("kind") != "collective"]
+    collective = collective or []
+    panels: list[Callable] = []
+    names = [_name(f) for f in fits] + [str(r.get("algo")) for r in collective]
+    color = _palette(names)
+    for law in ("amdahl", "gustafson"):
+        fl = [f for f in fits if f.law == law]
+        if fl:
+            panels.append(lambda ax, fl=fl: _speedup_panel(ax, fl, color))
+            panels.append(lambda ax, fl=fl: _efficiency_panel(ax, fl, color))
+    if collective:
+        panels += _collective_panels(collective, color)
+    if not panels:
+        raise HpcError("nothing to plot: need a scaling fit or collective records")
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(6.4 * cols, 4.8 * rows), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, paint in zip(axes, panels):
+        paint(ax)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def plot_path(path: str | Path, out: str | Path, law: str | None = None) -> Path:
+    """Fit and plot a records file/dir or an np,time_s CSV into one PNG."""
+    from hpc.analysis.groups import load_records, ok_records
+    from hpc.analysis.scaling import fit_path, fit_records, is_csv as _is_csv
+
+    path = Path(path)
+    if not path.exists():
+        raise HpcError(f"{path}: no such file or directory")
+    if path.is_file() and _is_csv(path):
+        return plot_figure(out, fits=fit_path(path, law), title=path.name)
+    recs = load_records(path)
+    ok = ok_records(recs)
+    if not ok:
+        raise HpcError(f"{path}: no ok records to plot")
+    coll = [r for r in ok if r.get("kind") == "collective" and isinstance(r.get("size_bytes"), int)]
+    scal = [r for r in ok if r.get("kind") != "collective"]
+    fits = []
+    if scal:
+        try:
+            fits = fit_records(scal, law, skipped=[])
+        except HpcError:
+            if not coll:
+                raise
+    return plot_figure(out, fits=fits, collective=coll, title=str(path))

@@ -1,0 +1,31 @@
+"""`hpc bench collective --algo SPEC[,SPEC...] --np N --sizes 8B:64MB`."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpc.cli.args import add_np_argument, options
+from hpc.workloads import bench
+from hpc.workloads.bench import DTYPES, OPS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: `hpc bench collective`")
+    kinds = p.add_subparsers(dest="bench_kind", metavar="KIND", parser_class=type(p))
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    c = kinds.add_parser("collective", help="time allreduce algorithms against native MPI")
+    c.add_argument("--algo", default="ring,mpi", help="comma-separated SPECs (default ring,mpi)")
+    c.add_argument("--sizes", default="8B:64MB", help="MIN:MAX[:FACTOR] or a list (default 8B:64MB)")
+    c.add_argument("--dtype", default="float32", choices=DTYPES)
+    c.add_argument("--op", default="SUM", type=str.upper, choices=OPS)
+    c.add_argument("--iters", type=int, default=0, help="iterations per batch (default: by size)")
+    c.add_argument("--batches", type=int, default=5, help="timed batches per size, each kept (default 5)")
+    c.add_argument("--warmup", type=int, default=3, help="untimed calls per size (default 3)")
+    c.add_argument("--target-time", type=float, default=0.05,
+                   help="seconds one batch should take when --iters is not given (default 0.05)")
+    c.add_argument("--servers", type=int, default=0, help="dedicated server ranks for ps")
+    c.add_argument("--no-verify", action="store_true", help="skip verifying plug-ins before timing")
+    c.add_argument("--json", metavar="FILE", help="append one record per (algo, size) to FILE")
+    add_np_argument(c, default_timeout=3600)
+    c.set_defaults(func=lambda a: bench.run(options(bench.BenchConfig, a)),
+                   precheck=lambda a: bench.precheck(options(bench.BenchConfig, a)))

@@ -1,0 +1,93 @@
+"""`hpc demo`: the whole pipeline on this machine from embedded defaults, in a few minutes.
+
+It is nothing but a sequence of ordinary `hpc` commands, each printed before it runs, so every
+step can be re-run or changed by hand: strong and weak sweeps of the collective benchmark and of a
+short training run, every sync scheme on the same model and data, fits, comparisons, plots, a report.
+Running it again with the same --out resumes (finished sweep points are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The schemes that need nothing but this package; the others join when their package is installed.
+OWN_SCHEMES = ("ring", "mpi", "ps", "auto", "ps-async", "ddp")
+OPTIONAL_SCHEMES = {"horovod": "horovod", "deepspeed-zero1": "deepspeed",
+                    "deepspeed-zero2": "deepspeed", "deepspeed-zero3": "deepspeed"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on this machine (a few minutes)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="hpc-demo", metavar="DIR", help="where everything goes (default hpc-demo)")
+    p.add_argument("--np", default="1,2,4", metavar="N,N,...", help="rank counts of the sweeps (default 1,2,4)")
+    p.add_argument("--reps", type=int, default=2, help="repetitions per sweep point (default 2)")
+    p.add_argument("--sync-np", type=int, default=2, help="ranks for the sync-scheme comparison (default 2)")
+    p.add_argument("--quick", action="store_true", help="fewer points and schemes (for a smoke test)")
+    p.set_defaults(func=run)
+
+
+def steps(out: Path, nps: str, reps: int, sync_np: int, quick: bool) -> list[tuple[str, list[str]]]:
+    """(what, hpc argv) for every step of the demo, in order."""
+    sweep = ["--np", nps, "--reps", str(reps)]
+    model = ["--model", "mlp", "--width", "512", "--depth", "2", "--steps", "12" if quick else "20"]
+    plan: list[tuple[str, list[str]]] = [
+        ("allreduce bandwidth vs ranks (strong: the same message on every rank count)",
+         ["sweep", "strong", *sweep, "--out", str(out / "collective"), "bench", "collective", "--algo",
+          "ring,auto,ps,mpi", "--sizes", "64KB:4MB:4", "--batches", "3"]),
+        ("training, strong scaling (global batch 256 split over the ranks)",
+         ["sweep", "strong", *sweep, "--out", str(out / "train-strong"), "train", "--sync", "ring",
+          *model, "--batch", "256"]),
+        ("training, weak scaling (64 samples per rank)",
+         ["sweep", "weak", *sweep, "--out", str(out / "train-weak"), "train", "--sync", "ring",
+          *model, "--batch", "64"]),
+    ]
+    schemes = list(OWN_SCHEMES[:3] if quick else OWN_SCHEMES)
+    schemes += [s for s, pkg in OPTIONAL_SCHEMES.items()
+                if not quick and importlib.util.find_spec(pkg) is not None]
+    for scheme in schemes:
+        plan.append((f"sync scheme {scheme} on {sync_np} ranks",
+                     ["train", "--sync", scheme, *model, "--batch", "64", "--np", str(sync_np),
+                      "--json", str(out / "sync" / f"{scheme}.jsonl")]))
+    for name in ("collective", "train-strong", "train-weak"):
+        plan.append((f"fit {name}", ["fit", str(out / name)]))
+        plan.append((f"plot {name}", ["plot", str(out / name), "-o", str(out / f"{name}.png")]))
+    baseline = "ddp" if "ddp" in schemes else "mpi"
+    plan.append(("sync schemes side by side", ["compare", str(out / "sync"), "--baseline", baseline]))
+    plan.append(("collectives against native MPI", ["compare", str(out / "collective"), "--baseline", "mpi"]))
+    plan.append(("the report", ["report", str(out), "-o", str(out / "REPORT.md")]))
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+
+    con = Console(highlight=False, soft_wrap=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    failed: list[str] = []
+    plan = steps(out, args.np, args.reps, args.sync_np, args.quick)
+    for i, (what, argv) in enumerate(plan, 1):
+        con.rule(f"[bold]{i}/{len(plan)} {what}")
+        con.print(f"$ hpc {shlex.join(argv)}")
+        if (Path(argv[-1]).suffix == ".jsonl" and Path(argv[-1]).exists()):
+            con.print("  (already measured: kept)")
+            continue
+        code = subprocess.run([sys.executable, "-m", "hpc", *argv]).returncode
+        if code != 0:
+            failed.append(what)
+    con.rule("[bold]done")
+    con.print(f"{len(plan) - len(failed)}/{len(plan)} steps ok in {time.monotonic() - start:.0f} s")
+    for what in failed:
+        con.print(f"[red]failed[/]: {what}")
+    con.print(f"report: {out / 'REPORT.md'}\nplots:  {', '.join(str(p) for p in sorted(out.glob('*.png')))}\n"
+              f"records: {out}/*/points/*.jsonl and {out}/sync/*.jsonl")
+    return 1 if failed else 0

@@ -1,0 +1,111 @@
+"""The `hpc` command: one parser per verb, each verb in its own module; errors are one line.
+
+Commands that take `--np N` re-launch themselves under mpirun; the same command started by the
+user under `mpirun -n N` or `srun` sees it is inside MPI and runs directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from hpc import __version__, env
+from hpc.cli import bench, collectives, compare, data, demo, fit, plot, report, sweep, train
+from hpc.errors import HpcError
+
+# Top-level verbs, in the order `hpc --help` lists them; each module has register(sub).
+VERBS = (demo, collectives, bench, train, data, sweep, fit, compare, plot, report)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one `hpc: error:` line (exit 2) instead of the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("hpc").strip()
+        sys.stderr.write(f"hpc: error: {where + ': ' if where else ''}{message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI's parser (every verb registered)."""
+    parser = _Parser(prog="hpc", description="Collective algorithms, gradient-sync baselines and "
+                     "scaling sweeps on MPI. `hpc demo` runs the whole pipeline on this machine.")
+    parser.add_argument("--version", action="version", version=f"hpc {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for verb in VERBS:
+        verb.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        workload = None
+        if argv[:1] == ["sweep"]:
+            sweep_parser = parser._subparsers._group_actions[0].choices["sweep"]  # type: ignore[union-attr]
+            argv, workload = sweep.split_argv(argv, sweep.value_options(sweep_parser))
+        args = parser.parse_args(argv)
+        if workload is not None:
+            args.workload = workload
+            args.parse_workload = parser.parse_args
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0 if not argv else 2
+        if getattr(args, "mpi_command", False) and args.np and not _inside_mpi():
+            return _relaunch(args, argv)
+        return int(args.func(args) or 0)
+    except HpcError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # `hpc ... | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except SystemExit:
+        raise
+    except BaseException as exc:  # a bug or a user plug-in raising: still one line, naming the rank
+        if env.get("HPC_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"{type(exc).__name__}: {exc}", 1)
+
+
+def _inside_mpi() -> bool:
+    from hpc.launch.mpirun import inside_mpi
+
+    return inside_mpi()
+
+
+def _relaunch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this very command on `--np` ranks, after checks that need no MPI have passed here."""
+    from hpc.launch import mpirun
+
+    precheck = getattr(args, "precheck", None)
+    if precheck:
+        precheck(args)
+    env = dict(os.environ, HPC_ARGV=json.dumps(["hpc", *argv]))
+    result = mpirun.run(args.np, mpirun.strip_np(argv), timeout=args.timeout, env=env)
+    failure = mpirun.describe_failure(result, args.np, args.timeout)
+    if failure:
+        return _fail(failure, result.returncode or 1, abort=False)
+    return 0
+
+
+def _fail(message: str, code: int, abort: bool = True) -> int:
+    """Print one error line; inside a multi-rank job also end every other rank (no hang)."""
+    from hpc import comm
+
+    sys.stderr.write(f"hpc: error: {comm.rank_prefix()}{message}\n")
+    sys.stderr.flush()
+    if abort and comm.mpi_active() and comm.world().Get_size() > 1:
+        comm.abort(code or 1)
+    return code or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

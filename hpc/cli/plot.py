@@ -1,0 +1,30 @@
+"""`hpc plot PATH -o FILE.png`."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpc.errors import HpcError
+
+
+def register(sub) -> None:
+    """Add the `plot` verb."""
+    p = sub.add_parser("plot", help="PNG of speedup/efficiency with the fitted law, and busbw vs size",
+                       description="Plot speedup and efficiency vs N with the ideal line and the fitted "
+                                   "Amdahl/Gustafson curve (95%% band, dashed extrapolation), and for "
+                                   "collective records busbw/time vs message size per algorithm.")
+    p.add_argument("path", help="records file/dir, or CSV with columns np,time_s")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="PNG to write")
+    p.add_argument("--law", help="amdahl | gustafson (default: from the records' scaling)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `hpc plot`."""
+    if not str(args.output).lower().endswith(".png"):
+        raise HpcError(f"{args.output}: the output must be a .png file")
+    from hpc.analysis.plot import plot_path
+
+    out = plot_path(args.path, args.output, args.law)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,70 @@
+"""`hpc train --sync S --model M --np N --steps K`: data-parallel training, timed per step."""
+
+from __future__ import annotations
+
+import argparse
+
+from hpc.cli.args import add_np_argument, float_pos, int_min, options
+from hpc.workloads import train
+from hpc.workloads.models import MODELS
+from hpc.workloads.train import SCALINGS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from hpc.workloads import sync
+
+    epilog = "sync schemes:\n" + "\n".join(f"  {n:<20} {d}" for n, d in sync.names())
+    p = sub.add_parser("train", help="train a model with own gradient sync or Horovod/DeepSpeed/DDP",
+                       description=__doc__.splitlines()[0], epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sync", default="ring", metavar="S",
+                   help="ring|ps|ps-async|auto|mpi|horovod|ddp|deepspeed-zero1|2|3, or any collective "
+                        "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring)")
+    p.add_argument("--model", default="mlp", help=f"one of {', '.join(MODELS)} (default mlp)")
+    p.add_argument("--steps", type=int_min(1), default=20, help="optimizer steps (default 20)")
+    p.add_argument("--warmup", type=int_min(0), default=2,
+                   help="first steps left out of the timing (default 2; at least one step is timed)")
+    p.add_argument("--batch", type=int_min(1), default=32,
+                   help="samples per rank per step; with --scaling strong the global batch (default 32)")
+    p.add_argument("--data", metavar="FILE.h5", help="train on this HDF5 file (x, y) instead of synthetic data")
+    p.add_argument("--scaling", choices=SCALINGS, default=None,
+                   help="strong: --batch is global, split over ranks; weak/none: --batch per rank "
+                        "(default $HPC_SCALING or none)")
+    p.add_argument("--json", metavar="FILE", help="append the run's `train` record to FILE")
+    g = p.add_argument_group("gradient sync")
+    g.add_argument("--bucket-mb", type=float_pos, default=25.0, help="fusion bucket size in MiB (default 25)")
+    g.add_argument("--fp16-compress", action="store_true", help="send gradients as float16")
+    g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                   help="own sync: reduce buckets during backward (on) or after it (off); auto = on "
+                        "when each rank has a spare core for the communication thread or uses a GPU")
+    g.add_argument("--no-overlap", dest="overlap", action="store_const", const="off",
+                   help="same as --overlap off")
+    g.add_argument("--host-staging", action="store_true",
+                   help="own sync: copy buckets through separate host buffers (always on with cuda)")
+    g.add_argument("--servers", type=int, default=None,
+                   help="parameter-server ranks for ps-async (default 1) or ps (default 0 = sharded)")
+    g.add_argument("--staleness", type=int, default=2,
+                   help="ps-async: how many steps a worker may run ahead of the slowest (default 2)")
+    o = p.add_argument_group("optimisation and model")
+    o.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd (no momentum)")
+    o.add_argument("--lr", type=float_pos, default=None, help="learning rate (default 0.05 sgd, 1e-3 adam)")
+    o.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    o.add_argument("--seed", type=int, default=0, help="model init and data seed (default 0)")
+    o.add_argument("--width", type=int_min(1), default=None,
+                   help="mlp hidden size / cnn channels / transformer d_model (default 256/16/64)")
+    o.add_argument("--depth", type=int_min(0), default=2, help="hidden layers / conv blocks / layers (default 2)")
+    o.add_argument("--features", type=int_min(1), default=64, help="mlp input features (default 64)")
+    o.add_argument("--classes", type=int_min(2), default=10, help="classes (default 10)")
+    o.add_argument("--image", type=int_min(1), default=16, help="cnn image side (default 16, 3 channels)")
+    o.add_argument("--vocab", type=int_min(2), default=64, help="transformer vocabulary (default 64)")
+    o.add_argument("--seq-len", type=int_min(1), default=32, help="transformer context (default 32)")
+    o.add_argument("--heads", type=int_min(1), default=4, help="transformer heads (default 4)")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    r.add_argument("--threads", type=int_min(1), default=None,
+                   help="torch threads per rank (default: cores / ranks on the node)")
+    r.add_argument("--per-step", action="store_true", help="also print one row per step")
+    r.add_argument("--save-params", metavar="FILE.npy", help="save the final flat float32 parameters (np.save; written by the first rank holding them)")
+    add_np_argument(p, default_timeout=3600)
+    p.set_defaults(func=lambda a: train.run(options(train.TrainConfig, a)),
+                   precheck=lambda a: train.precheck(options(train.TrainConfig, a)))

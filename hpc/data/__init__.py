@@ -1,0 +1,1 @@
+"""HDF5 datasets: `make` writes synthetic or imported files, `loader` reads each rank's shard."""

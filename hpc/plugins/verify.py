@@ -1,0 +1,150 @@
+"""Check a collective against native MPI_Allreduce before anyone times or trains with it.
+
+Runs on every rank of `comm`: sizes {0, 1, p-1, p+1, a prime ~1e5, 4 MB}, four dtypes, SUM and MAX
+(MAX is skipped when the algorithm refuses it on every rank), in place and out of place, random data,
+also on smaller sub-communicators. A wrong answer raises HpcError naming the case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hpc.comm import deadline
+from hpc.errors import HpcError
+from hpc.plugins.registry import Collective
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+DTYPES = ("float32", "float64", "int32", "int64")
+PRIME = 100_003
+FOUR_MB = 4 << 20
+# Errors a plug-in may raise to say "this op is not supported" (then that op is skipped, not failed).
+_REFUSALS = (NotImplementedError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    dtype: str
+    op: str
+    inplace: bool
+
+    def __str__(self) -> str:
+        where = "in place" if self.inplace else "out of place"
+        return f"n={self.n} dtype={self.dtype} op={self.op} {where}"
+
+
+@dataclass
+class Report:
+    """What was checked: how many cases passed on which rank counts, which ops were refused."""
+
+    passed: int = 0
+    rank_counts: list[int] = field(default_factory=list)
+    refused_ops: set[str] = field(default_factory=set)
+
+
+def cases(p: int, ops: tuple[str, ...] = ("SUM", "MAX"), quick: bool = False) -> list[Case]:
+    """The verification matrix for p ranks; `quick` is the short one run before benchmarks/training."""
+    dtypes = ("float32", "int64") if quick else DTYPES
+    out = []
+    for dtype in dtypes:
+        big = FOUR_MB // np.dtype(dtype).itemsize
+        sizes = sorted({0, 1, max(p - 1, 0), p + 1, PRIME} | (set() if quick else {big}))
+        for op in ops:
+            for n in sizes:
+                for inplace in (False, True):
+                    out.append(Case(n, dtype, op, inplace))
+    return out
+
+
+def verify(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...] = ("SUM", "MAX"),
+           quick: bool = False, sub_comms: bool = True, case_timeout: float = 120.0,
+           seed: int = 1234) -> Report:
+    """Verify `coll` on `comm` (and on sub-communicators of the first k ranks); raise on a wrong answer."""
+    from mpi4py import MPI
+
+    report = Report()
+    sizes = [comm.Get_size()]
+    if sub_comms:
+        sizes += [k for k in (1, 2, 3) if k < comm.Get_size()]
+    for k in sizes:
+        sub = comm if k == comm.Get_size() else comm.Split(0 if comm.Get_rank() < k else MPI.UNDEFINED)
+        if sub != MPI.COMM_NULL:
+            full = k == comm.Get_size()
+            _verify_on(sub, coll, ops, quick or not full, case_timeout, seed, report)
+            if sub is not comm:
+                sub.Free()
+        comm.Barrier()
+        report.rank_counts.append(k)
+    return report
+
+
+def _verify_on(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...], quick: bool,
+               case_timeout: float, seed: int, report: Report) -> None:
+    from mpi4py import MPI
+
+    p, rank = comm.Get_size(), comm.Get_rank()
+    for i, case in enumerate(cases(p, ops, quick)):
+        if case.op in report.refused_ops:
+            continue
+        rng = np.random.default_rng([seed, i, rank, p])
+        x = _random(rng, case.n, case.dtype)
+        ref = np.empty_like(x)
+        op = getattr(MPI, case.op)
+        comm.Allreduce(x, ref, op)
+        send = x.copy()
+        recv = send if case.inplace else np.full_like(x, 7)
+        refused = None
+        with deadline(case_timeout, f"collective '{coll.spec}' on {p} ranks, {case}"):
+            try:
+                coll.func(comm, send, recv, op)
+            except _REFUSALS as exc:
+                if case.op == "SUM":
+                    raise HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} "
+                                   f"({case}, {p} ranks)") from None
+                refused = f"{type(exc).__name__}: {exc}"
+        refusals = comm.allgather(refused)
+        if any(refusals):
+            if not all(refusals):
+                raise HpcError(f"collective '{coll.spec}' refused op {case.op} on some ranks only "
+                               f"({case}, {p} ranks)")
+            report.refused_ops.add(case.op)
+            continue
+        problem = _compare(comm, case, x, send, recv, ref, op)
+        problems = comm.allgather(problem)
+        bad = next(((r, m) for r, m in enumerate(problems) if m), None)
+        if bad:
+            raise HpcError(f"collective '{coll.spec}' gave a wrong answer on {p} ranks, {case}: "
+                           f"rank {bad[0]}: {bad[1]}")
+        report.passed += 1
+
+
+def _random(rng: np.random.Generator, n: int, dtype: str) -> np.ndarray:
+    if dtype.startswith("int"):
+        return rng.integers(-1000, 1000, size=n, dtype=dtype)
+    return rng.uniform(-1.0, 1.0, size=n).astype(dtype)
+
+
+def _compare(comm: "MPI.Comm", case: Case, x: np.ndarray, send: np.ndarray, recv: np.ndarray,
+             ref: np.ndarray, op: "MPI.Op") -> str | None:
+    """Why this rank's result is wrong, or None. Exact for integers and MAX/MIN, scaled tolerance else."""
+    if not case.inplace and not np.array_equal(send, x):
+        return "sendbuf was modified"
+    if case.dtype.startswith("int") or case.op in ("MAX", "MIN"):
+        wrong = np.flatnonzero(recv != ref)
+    else:
+        from mpi4py import MPI
+
+        scale = np.empty_like(x)
+        comm.Allreduce(np.abs(x), scale, MPI.SUM)
+        eps = np.finfo(x.dtype).eps
+        tol = 4 * comm.Get_size() * eps * (scale + 1)
+        wrong = np.flatnonzero(~(np.abs(recv - ref) <= tol))
+    if wrong.size:
+        i = int(wrong[0])
+        return f"{wrong.size} wrong element(s), first at index {i}: got {recv[i].item()!r}, expected {ref[i].item()!r}"
+    return None

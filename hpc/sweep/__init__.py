@@ -1,0 +1,55 @@
+"""Scaling sweeps: a plan of points (rank count × node count × repetition) run by a launcher.
+
+`LAUNCHERS` maps a launcher name to the module whose `run_points(plan, todo, options, console)` runs
+the points that are not done yet; an unknown name is one clear error line.
+
+    >>> from hpc.sweep import run_sweep
+    >>> failed = run_sweep("strong", ["bench", "collective", "--sizes", "1MB"], nps=[1, 2], out="runs/s1")
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from hpc.errors import HpcError
+
+# name -> (module that runs a sweep's points with it, one-line description)
+LAUNCHERS: dict[str, tuple[str, str]] = {
+    "local": ("hpc.sweep.local", "mpirun on this machine, one point after another"),
+    "slurm": ("hpc.sweep.slurm", "one sbatch job per point, chained, waited for and collected"),
+}
+
+
+def launcher(name: str) -> ModuleType:
+    """The module that runs points with launcher `name`."""
+    if name not in LAUNCHERS:
+        raise HpcError(f"unknown launcher '{name}': use {' or '.join(LAUNCHERS)}")
+    return importlib.import_module(LAUNCHERS[name][0])
+
+
+def run_sweep(scaling: str, workload: list[str], *, nps: list[int], out: str, console=None,
+              validate=None, **options) -> int:
+    """Run (or resume) a sweep of `workload` (an hpc command line without --np); return failed points.
+
+    `options` are the other fields of `SweepOptions` (reps, launcher, nodes, point_timeout, ...).
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hpc.sweep.plan import SweepOptions, is_done, make_plan
+
+    opts = SweepOptions(scaling=scaling, nps=list(nps), out=Path(out), **options)
+    runner = launcher(opts.launcher)
+    plan = make_plan(opts, workload, validate)
+    con = console or Console(highlight=False, soft_wrap=True)
+    todo = [pt for pt in plan.points if not is_done(plan, pt)]
+    skipped = len(plan.points) - len(todo)
+    if skipped:
+        con.print(f"resuming {plan.out}: {skipped} of {len(plan.points)} points already done")
+    failed = runner.run_points(plan, todo, opts, con)
+    if not (opts.dry_run and opts.launcher == "slurm"):
+        con.print(f"sweep {plan.sweep_id}: {len(plan.points) - failed}/{len(plan.points)} points ok; "
+                  f"records in {plan.out / 'points'}")
+    return failed

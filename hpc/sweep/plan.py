@@ -1,0 +1,192 @@
+"""What a sweep runs: its points, its directory, and how a finished or failed point is stored.
+
+A sweep directory holds `sweep.json` (what the sweep is), `points/<point>.jsonl` (one file per
+finished point, moved into place atomically, so a killed sweep loses and duplicates nothing),
+`logs/` and, for Slurm, `slurm/<point>.sbatch`. Running the same command again skips the points
+that finished ok and retries the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hpc import records
+from hpc.errors import HpcError
+
+WORKLOADS = {"bench": "collective", "train": "train"}
+MANIFEST = "sweep.json"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (rank count, node count, repetition) of a sweep."""
+
+    np: int
+    nodes: int
+    rep: int
+
+    @property
+    def id(self) -> str:
+        return f"np{self.np:04d}-nodes{self.nodes:03d}-rep{self.rep:02d}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: the sweep's identity, its points, and the workload command line."""
+
+    sweep_id: str
+    scaling: str
+    workload: list[str]
+    kind: str
+    points: list[Point]
+    out: Path
+
+
+def parse_counts(text: str, what: str) -> list[int]:
+    """`1,2,4` -> [1, 2, 4]; empty, non-positive or non-increasing lists are errors."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HpcError(f"--{what} must be comma-separated integers, got '{text}'") from None
+    if not counts:
+        raise HpcError(f"--{what} is empty")
+    if min(counts) < 1:
+        raise HpcError(f"--{what} values must be >= 1, got '{text}'")
+    if any(b <= a for a, b in zip(counts, counts[1:])):
+        raise HpcError(f"--{what} must be strictly increasing, got '{text}'")
+    return counts
+
+
+def check_workload(workload: Sequence[str]) -> str:
+    """The record kind the workload writes; an unknown or malformed workload is an error now, not later."""
+    words = list(workload)
+    if words and words[0] == "hpc":
+        words = words[1:]
+    if not words or words[0] not in WORKLOADS:
+        raise HpcError(f"unknown workload '{' '.join(words) or '(none)'}': expected `bench collective "
+                       "...` or `train ...` after the sweep options")
+    if any(w == "--np" or w.startswith("--np=") for w in words):
+        raise HpcError("the workload must not contain --np: the sweep sets it per point")
+    if any(w == "--json" or w.startswith("--json=") for w in words):
+        raise HpcError("the workload must not contain --json: the sweep writes the records")
+    return WORKLOADS[words[0]]
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Everything a sweep needs besides its workload; the CLI builds it once from its flags."""
+
+    scaling: str
+    nps: list[int]
+    out: Path
+    nodes: list[int] = field(default_factory=lambda: [1])
+    reps: int = 1
+    launcher: str = "local"
+    point_timeout: float = 900.0
+    dry_run: bool = False
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = "00:30:00"
+    slurm_launcher: str = "mpirun"
+    no_chain: bool = False
+
+
+def make_plan(opts: SweepOptions, workload: Sequence[str],
+              validate: Callable[[list[str]], None] | None = None) -> Plan:
+    """Validate the workload and the --out directory; return the points to run.
+
+    `validate` (the CLI's parser) may reject a malformed workload before anything runs.
+    """
+    nodes = opts.nodes if opts.launcher == "slurm" else [1]
+    if opts.reps < 1:
+        raise HpcError("--reps must be >= 1")
+    if not opts.nps or min(opts.nps) < 1:
+        raise HpcError("--np needs rank counts >= 1")
+    workload = list(workload)
+    kind = check_workload(workload)
+    workload = workload[1:] if workload[0] == "hpc" else workload
+    if validate is not None:
+        validate(workload)
+    out = Path(opts.out)
+    nps, reps, scaling = opts.nps, opts.reps, opts.scaling
+    identity = {"scaling": scaling, "workload": workload}
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise HpcError(f"{manifest} is unreadable: not an hpc sweep directory") from None
+        if {k: old.get(k) for k in identity} != identity:
+            raise HpcError(f"{out} holds a different sweep ({old.get('scaling')}: "
+                           f"{shlex.join(old.get('workload') or [])}); use another --out")
+        sweep_id = old["sweep_id"]
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise HpcError(f"{out} exists and is not an hpc sweep directory; use another --out")
+        sweep_id = uuid.uuid4().hex[:12]
+    points = [Point(n, k, r) for k in nodes for n in nps for r in range(reps) if n >= k and n % k == 0]
+    if not points:
+        raise HpcError("no rank count splits evenly over the node counts: check --np and --nodes")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(identity, sweep_id=sweep_id, np=nps, nodes=nodes, reps=reps,
+                launcher=opts.launcher, kind=kind, hpc_argv=records.command_line())
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, manifest)
+    return Plan(sweep_id, scaling, workload, kind, points, out)
+
+
+def point_file(plan: Plan, point: Point) -> Path:
+    return plan.out / "points" / f"{point.id}{records.SUFFIX}"
+
+
+def is_done(plan: Plan, point: Point) -> bool:
+    """A point is done when its records file exists and every record in it is ok."""
+    path = point_file(plan, point)
+    if not path.exists():
+        return False
+    recs = records.load(path)
+    return bool(recs) and all(r.get("status") == "ok" for r in recs)
+
+
+def point_env(plan: Plan, point: Point) -> dict[str, str]:
+    """What a workload reads to tag its records and size its problem (strong vs weak)."""
+    return {"HPC_SCALING": plan.scaling, "HPC_SWEEP_ID": plan.sweep_id, "HPC_POINT_ID": point.id,
+            "HPC_REP": str(point.rep), "HPC_NODES": str(point.nodes)}
+
+
+def attempt_file(final: Path) -> Path:
+    """A records file of this attempt only: a leftover job of a killed sweep can never write into it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(final.name + ".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def finish_point(plan: Plan, pt: Point, tmp: Path, bad_status: str, error: str | None) -> tuple[str, str | None]:
+    """Move a finished point's records into place, or record why it failed (replacing older tries)."""
+    final = point_file(plan, pt)
+    if error is None and tmp.exists() and records.load(tmp):
+        os.replace(tmp, final)
+        return "ok", None
+    error = error or "the workload wrote no records"
+    tmp.unlink(missing_ok=True)
+    rec = records.new(plan.kind, pt.np, status=bad_status, error=error, time_s=None, times_s=[],
+                      workload=plan.workload, provenance=records.provenance(None, records.command_line()))
+    rec.update(point_env_fields(plan, pt))
+    part = final.with_name(final.name + ".part")
+    part.unlink(missing_ok=True)
+    records.append(part, [rec])
+    os.replace(part, final)
+    return bad_status, error
+
+
+def point_env_fields(plan: Plan, pt: Point) -> dict[str, Any]:
+    return {"scaling": plan.scaling, "sweep_id": plan.sweep_id, "point_id": pt.id, "rep": pt.rep,
+            "nodes": pt.nodes}

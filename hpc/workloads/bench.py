@@ -1,0 +1,193 @@
+"""Collective benchmark (`hpc bench collective`): OSU / nccl-tests style timing of allreduce algorithms side by side.
+
+Per size: a correctness check, warm-up, iterations scaled to the message size, timed in batches
+(every batch kept as a repetition); latency min/avg/max across ranks, algbw = bytes / time and
+busbw = algbw * 2(p-1)/p, the figure that is comparable across rank counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpc import records
+from hpc.errors import HpcError
+from hpc.plugins.registry import Collective
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+OPS = ("SUM", "MAX", "MIN", "PROD")
+DTYPES = ("float32", "float64", "int32", "int64")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One `bench collective` run: which algorithms, which sizes, how to time them."""
+
+    algo: str = "ring,mpi"
+    sizes: str = "8B:64MB"
+    dtype: str = "float32"
+    op: str = "SUM"
+    iters: int = 0
+    batches: int = 5
+    warmup: int = 3
+    target_time: float = 0.05
+    servers: int = 0
+    no_verify: bool = False
+    json: str | None = None
+
+
+def specs(text: str) -> list[str]:
+    """The SPECs of a comma-separated --algo list."""
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    if not out:
+        raise HpcError("--algo names no collective")
+    return out
+
+
+def precheck(cfg: BenchConfig) -> None:
+    """Checks that need no MPI (the launching parent runs them before mpirun)."""
+    from hpc.plugins import registry
+    from hpc.units import parse_sizes
+
+    parse_sizes(cfg.sizes)
+    for spec in specs(cfg.algo):
+        registry.precheck(spec)
+
+
+def run(cfg: BenchConfig) -> int:
+    """On every rank: verify plug-ins, time every (size, algorithm) point interleaved, print, record."""
+    from rich.progress import Progress
+
+    from hpc.comm import console, world
+    from hpc.plugins import registry
+    from hpc.units import parse_sizes
+    from hpc.plugins.verify import verify
+
+    comm = world()
+    p = comm.Get_size()
+    sizes = parse_sizes(cfg.sizes)
+    colls = [registry.load(s, cfg.servers if s.startswith("ps") else 0) for s in specs(cfg.algo)]
+    for coll in colls:
+        if not coll.builtin and not cfg.no_verify:
+            verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False)
+    out = console(comm)
+    prov = records.provenance(comm, records.command_line())
+    nodes = len(prov["hosts"])
+    rows: list[dict[str, Any]] = []
+    with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
+        task = progress.add_task("allreduce", total=len(sizes) * len(colls))
+        for nbytes in sizes:
+            for coll in colls:  # algorithms interleaved per size: the machine's noise hits all alike
+                progress.update(task, description=f"{coll.name} {nbytes} B")
+                rec = measure(comm, coll, nbytes, cfg)
+                rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
+                rows.append(rec)
+                progress.advance(task)
+    if comm.Get_rank() == 0:
+        if cfg.json:
+            records.append(cfg.json, rows)
+        out.print(table(rows, p))
+        if cfg.json:
+            out.print(f"records: {cfg.json}")
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise HpcError(f"{len(failed)} point(s) gave wrong results, first: {failed[0]['algo']} "
+                       f"at {failed[0]['size_bytes']} B")
+    return 0
+
+
+def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Check, warm up and time one (algorithm, size) point; every rank returns the same record."""
+    from mpi4py import MPI
+
+    p, rank = comm.Get_size(), comm.Get_rank()
+    dtype = np.dtype(cfg.dtype)
+    count = nbytes // dtype.itemsize
+    op = getattr(MPI, cfg.op)
+    send, expected = _pattern(count, dtype, rank, p, cfg.op)
+    recv = np.empty_like(send)
+    coll.func(comm, send, recv, op)
+    correct = bool(comm.allreduce(bool(np.array_equal(recv, expected)), MPI.LAND))
+    for _ in range(cfg.warmup):
+        coll.func(comm, send, recv, op)
+    iters = cfg.iters or _iters_for(comm, coll, send, recv, op, cfg.target_time)
+    batches: list[float] = []
+    for _ in range(max(1, cfg.batches)):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            coll.func(comm, send, recv, op)
+        batches.append((time.perf_counter() - t0) / iters)
+    per_rank = np.array(comm.allgather(batches))          # [rank, batch] seconds per call
+    slowest = per_rank.max(axis=0)                        # a collective ends when its last rank does
+    t = statistics.median(slowest.tolist())
+    lat = np.median(per_rank, axis=1) * 1e6
+    algbw = nbytes / t / 1e9 if t > 0 else 0.0
+    return records.new(
+        "collective", p,
+        algo=coll.name, spec=coll.spec, size_bytes=nbytes, count=count, dtype=dtype.name, op=cfg.op,
+        iters=iters, batches=len(batches), time_s=t, times_s=slowest.tolist(),
+        lat_min_us=float(lat.min()), lat_avg_us=float(lat.mean()), lat_max_us=float(lat.max()),
+        algbw_GBps=algbw, busbw_GBps=algbw * 2 * (p - 1) / p, correct=correct,
+        status="ok" if correct else "failed",
+        error=None if correct else "result differs from the expected reduction",
+    )
+
+
+def _pattern(count: int, dtype: np.dtype, rank: int, p: int, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """Send data whose reduction is known exactly (small integers, exact in every dtype)."""
+    base = (np.arange(count) % 7).astype(dtype)
+    send = base + dtype.type(rank + 1)
+    ranks = np.arange(1, p + 1)
+    if op == "SUM":
+        expected = base * p + dtype.type(ranks.sum())
+    elif op == "MAX":
+        expected = base + dtype.type(p)
+    elif op == "MIN":
+        expected = base + dtype.type(1)
+    else:
+        send = np.where(base == 1, 2, 1).astype(dtype)
+        expected = np.where(base == 1, 2 ** p, 1)
+    return send, expected.astype(dtype)
+
+
+def _iters_for(comm: "MPI.Comm", coll: Collective, send: np.ndarray, recv: np.ndarray,
+               op: "MPI.Op", target: float) -> int:
+    """Iterations so one batch lasts about `target` seconds; the same on every rank."""
+    from mpi4py import MPI
+
+    comm.Barrier()
+    t0 = time.perf_counter()
+    coll.func(comm, send, recv, op)
+    dt = comm.allreduce(time.perf_counter() - t0, MPI.MAX)
+    return int(min(1000, max(1, round(target / max(dt, 1e-7)))))
+
+
+def table(rows: list[dict[str, Any]], p: int):
+    """The OSU-style table; with `mpi` in the run, each algorithm's speed relative to it."""
+    from rich.table import Table
+
+    from hpc.units import format_size
+
+    native = {r["size_bytes"]: r["time_s"] for r in rows if r["algo"] == "mpi"}
+    t = Table(title=f"allreduce on {p} ranks ({rows[0]['dtype']}, {rows[0]['op']})" if rows else "allreduce")
+    for col in ("algo", "size", "iters", "min us", "avg us", "max us", "algbw GB/s", "busbw GB/s",
+                "vs mpi", "check"):
+        t.add_column(col, justify="left" if col in ("algo", "check") else "right")
+    for r in rows:
+        ref = native.get(r["size_bytes"])
+        ratio = f"{ref / r['time_s']:.2f}x" if ref and r["time_s"] > 0 and r["algo"] != "mpi" else ""
+        t.add_row(r["algo"], format_size(r["size_bytes"]), str(r["iters"]), _us(r["lat_min_us"]),
+                  _us(r["lat_avg_us"]), _us(r["lat_max_us"]), f"{r['algbw_GBps']:.3f}",
+                  f"{r['busbw_GBps']:.3f}", ratio, "ok" if r["correct"] else "[red]WRONG[/]")
+    return t
+
+
+def _us(x: float) -> str:
+    return f"{x:.1f}" if x < 1000 else f"{x:,.0f}"

@@ -1,0 +1,119 @@
+"""Baseline: real DeepSpeed ZeRO stage 1/2/3 on CPU (or GPU), set up from MPI as in notes/deepspeed.md.
+
+Rank variables come from MPI (never DeepSpeed's own mpi4py discovery, which hangs on 4 oversubscribed
+ranks), rank 0 picks a free MASTER_PORT, gloo is the backend, the shared-memory op build is skipped,
+warnings are filtered and the process group is destroyed at exit. Exposed communication = time
+from the last gradient to the end of `engine.backward` (ZeRO's parameter gathers count as compute).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpc.workloads.models import loss_fn
+from hpc.workloads.sync.base import LastGradClock, StepResult, TrainContext, Trainer, flat_params, make_optimizer
+from hpc.workloads.sync.ddp import ensure_process_group
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _quiet() -> None:
+    """DeepSpeed is chatty (ZeRO-3 alone prints ~100 FutureWarnings per run): keep errors only."""
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ds_config(batch: int, world: int, stage: int, bucket_bytes: int, fp16_compress: bool) -> dict[str, Any]:
+    """The DeepSpeed config: micro batch per rank, ZeRO stage, buckets the size of ours, no logging."""
+    elems = max(1, bucket_bytes // 4)
+    zero: dict[str, Any] = {"stage": stage, "reduce_bucket_size": elems, "allgather_bucket_size": elems}
+    if stage == 3:
+        zero.update(stage3_prefetch_bucket_size=elems, stage3_param_persistence_threshold=0)
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": batch * world,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "gradient_clipping": 0.0,  # DeepSpeed 0.19 clips at 1.0 unless told otherwise; no scheme else does
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if fp16_compress:
+        cfg["communication_data_type"] = "fp16"
+    return cfg
+
+
+class DeepSpeedTrainer(Trainer):
+    name = "deepspeed"
+
+    def __init__(self, ctx: TrainContext) -> None:
+        super().__init__(ctx)
+        _quiet()
+        if ctx.device.type == "cpu":
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import deepspeed
+        import torch
+
+        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+        # The shm allreduce op compiles for ~20 s on first use; gloo does the job without it.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        threads = torch.get_num_threads()
+        ensure_process_group(ctx)  # env from MPI, free port from rank 0; DeepSpeed adopts the group
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+        self.deepspeed = deepspeed
+        self.stage = ctx.stage
+        config = ds_config(ctx.batch, ctx.comm.Get_size(), ctx.stage, int(ctx.opts.bucket_mb * (1 << 20)),
+                           ctx.opts.fp16_compress)
+        opt = make_optimizer(ctx.model.parameters(), ctx.opts)
+        self.engine, _, _, _ = deepspeed.initialize(model=ctx.model, optimizer=opt, config=config)
+        torch.set_num_threads(threads)  # DeepSpeed may change it; keep the per-rank share
+        self.clock = LastGradClock(self.engine.module.parameters())
+
+    def step(self, x: "torch.Tensor", y: "torch.Tensor") -> StepResult:
+        t0 = time.perf_counter()
+        eng = self.engine
+        loss = loss_fn(self.ctx.cfg, eng(x), y)
+        self.clock.reset()
+        eng.backward(loss)  # gradient reduction (ZeRO reduce-scatter / allreduce) ends inside
+        t1 = time.perf_counter()
+        exposed = self.clock.exposed_since(t1, t0)
+        eng.step()
+        value = float(loss.detach())
+        t2 = time.perf_counter()
+        return StepResult(value, (t2 - t0) - exposed, exposed)
+
+    def params(self) -> np.ndarray:
+        params = list(self.engine.module.parameters())
+        if self.stage == 3:  # each rank holds a partition: gather (collective) to read them whole
+            with self.deepspeed.zero.GatheredParameters(params):
+                return flat_params(params)
+        return flat_params(params)
+
+    def bytes_per_step(self) -> int:
+        """Gradient bytes of the whole model (ZeRO-3 parameters report their full size as ds_numel)."""
+        n = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters() if p.requires_grad)
+        return n * (2 if self.ctx.opts.fp16_compress else 4)
+
+    def summary(self) -> dict[str, Any]:
+        return {"zero_stage": self.stage, "bucket_mb": self.ctx.opts.bucket_mb,
+                "fp16_compress": self.ctx.opts.fp16_compress, "deepspeed": self.deepspeed.__version__}
+
+    def close(self) -> None:
+        self.clock.remove()  # the process group stays for later runs; it is destroyed at exit
+
+
+def make(ctx: TrainContext) -> Trainer:
+    return DeepSpeedTrainer(ctx)

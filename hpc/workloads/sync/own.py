@@ -1,0 +1,365 @@
+"""Own gradient sync: fusion buckets reduced with any allreduce SPEC, overlapped with backward.
+
+Like DDP, gradients end up as views into one flat buffer cut into buckets of about `--bucket-mb`, in
+reverse parameter order (the order backward produces them). A post-accumulate-grad hook copies each
+fresh gradient into its bucket slot, already divided by the world size (so averaging costs no extra
+pass), and counts the gradients still missing per bucket; a communication thread reduces bucket i as
+soon as it is complete, always in bucket order so every rank issues the same collectives. All MPI calls of a step come from
+that one thread (MPI_THREAD_SERIALIZED is enough). The allreduce works on host numpy buffers: on CPU
+they are the gradient memory itself; with `--device cuda` (or `--host-staging`) buckets are staged
+through (pinned) host buffers. `--fp16-compress` halves the bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from hpc.errors import HpcError
+from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, broadcast_params, make_optimizer
+from hpc.workloads.models import loss_fn
+
+if TYPE_CHECKING:
+    import torch
+    from mpi4py import MPI
+
+
+@dataclass
+class Bucket:
+    """A contiguous slice [start, stop) of the flat gradient buffer and how many params it holds."""
+
+    index: int
+    start: int
+    stop: int
+    n_params: int
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+
+def plan_buckets(sizes: list[int], bucket_bytes: int, itemsize: int = 4) -> list[list[int]]:
+    """Group parameter indices (given in reduction order) into buckets of at most `bucket_bytes`.
+
+    A parameter larger than a bucket gets a bucket of its own; order is kept (pure function).
+    """
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    cur_bytes = 0
+    for i, n in enumerate(sizes):
+        nbytes = n * itemsize
+        if cur and cur_bytes + nbytes > bucket_bytes:
+            groups.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(i)
+        cur_bytes += nbytes
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class Wire:
+    """Moves a bucket between the device gradients and the host buffer that the allreduce sees.
+
+    pack(b) -> numpy view to reduce in place (SUM); unpack(b) puts the reduced values back. The
+    gradients arrive already divided by the world size, so the sum is the average. Without staging on
+    CPU the host buffer *is* the gradient memory (no copy). With fp16 the values are cast on the
+    device, so only half the bytes travel.
+    """
+
+    def __init__(self, flat: "torch.Tensor", fp16: bool, staging: bool) -> None:
+        import torch
+
+        self.flat = flat
+        self.fp16, self.cuda = fp16, flat.is_cuda
+        self.staging = staging or self.cuda
+        n = flat.numel()
+        self.wire_dev = torch.empty(n, dtype=torch.float16, device=flat.device) if fp16 else flat
+        if self.staging:
+            self.host = torch.empty(n, dtype=self.wire_dev.dtype, pin_memory=self.cuda)
+        else:
+            self.host = self.wire_dev
+        self.host_np: np.ndarray = self.host.numpy()
+        self.stream = torch.cuda.Stream(device=flat.device) if self.cuda else None
+        self.ready_events: dict[int, Any] = {}
+        self.done_events: dict[int, Any] = {}
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.fp16 else 4
+
+    def mark_ready(self, b: Bucket) -> None:
+        """Called when a bucket's last gradient was produced: remember where the device stream is."""
+        if self.cuda:
+            import torch
+
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(self.flat.device))
+            self.ready_events[b.index] = ev
+
+    def pack(self, b: Bucket) -> np.ndarray:
+        """Device gradients of bucket b -> host wire buffer (compressed if fp16); returns the view."""
+        import torch
+
+        s = slice(b.start, b.stop)
+        if self.cuda:
+            with torch.cuda.stream(self.stream):
+                ev = self.ready_events.pop(b.index, None)
+                if ev is not None:
+                    self.stream.wait_event(ev)
+                self._pack_ops(s)
+                self.stream.synchronize()
+        else:
+            self._pack_ops(s)
+        return self.host_np[s]
+
+    def _pack_ops(self, s: slice) -> None:
+        if self.fp16:
+            self.wire_dev[s].copy_(self.flat[s])
+        if self.staging:
+            self.host[s].copy_(self.wire_dev[s], non_blocking=self.cuda)
+
+    def unpack(self, b: Bucket) -> None:
+        """Reduced host values of bucket b -> device gradients (a no-op on CPU without staging/fp16)."""
+        import torch
+
+        s = slice(b.start, b.stop)
+        if self.cuda:
+            with torch.cuda.stream(self.stream):
+                self._unpack_ops(s)
+                ev = torch.cuda.Event()
+                ev.record(self.stream)
+                self.done_events[b.index] = ev
+        else:
+            self._unpack_ops(s)
+
+    def _unpack_ops(self, s: slice) -> None:
+        if self.staging:
+            self.wire_dev[s].copy_(self.host[s], non_blocking=self.cuda)
+        if self.fp16:
+            self.flat[s].copy_(self.wire_dev[s])
+
+    def join_device(self) -> None:
+        """Make the compute stream wait for every bucket's copy back (CUDA); no-op on CPU."""
+        if self.cuda:
+            import torch
+
+            cur = torch.cuda.current_stream(self.flat.device)
+            for ev in self.done_events.values():
+                cur.wait_event(ev)
+            self.done_events.clear()
+
+
+class BucketEngine:
+    """Gradient buckets over a model's parameters, reduced with `allreduce` (overlapped or not)."""
+
+    def __init__(self, comm: "MPI.Comm", params: list["torch.nn.Parameter"],
+                 allreduce: Callable[..., None], bucket_bytes: int, fp16: bool = False,
+                 overlap: bool = True, staging: bool = False) -> None:
+        import torch
+        from mpi4py import MPI
+
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise HpcError("the model has no trainable parameters")
+        bad = {str(p.dtype) for p in self.params if p.dtype != torch.float32}
+        if bad:
+            raise HpcError(f"own sync needs float32 parameters, the model has {', '.join(sorted(bad))}")
+        devices = {p.device for p in self.params}
+        if len(devices) > 1:
+            raise HpcError(f"own sync needs every parameter on one device, got {sorted(map(str, devices))}")
+        self.comm = comm.Dup()  # gradient traffic never mixes with anything else on COMM_WORLD
+        self.world = comm.Get_size()
+        self.allreduce = allreduce
+        self.sum = MPI.SUM
+        order = list(reversed(self.params))  # backward produces the last layers' gradients first
+        groups = plan_buckets([p.numel() for p in order], max(1, int(bucket_bytes)))
+        total = sum(p.numel() for p in order)
+        self.flat = torch.zeros(total, dtype=torch.float32, device=self.params[0].device)
+        self.buckets: list[Bucket] = []
+        self.bucket_of: dict[int, int] = {}
+        self.views: dict[int, "torch.Tensor"] = {}
+        off = 0
+        for bi, group in enumerate(groups):
+            start = off
+            for i in group:
+                p = order[i]
+                n = p.numel()
+                self.views[id(p)] = self.flat[off:off + n].view_as(p)  # p's gradient slot
+                self.bucket_of[id(p)] = bi
+                off += n
+            self.buckets.append(Bucket(bi, start, off, len(group)))
+        self.inv = 1.0 / self.world
+        self._fired: set[int] = set()
+        self.wire = Wire(self.flat, fp16, staging)
+        self.overlap = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        self._pending = [0] * len(self.buckets)
+        self._ready = [threading.Event() for _ in self.buckets]
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._comm_busy = 0.0
+        self._jobs: queue.Queue = queue.Queue()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+        self._active = False
+        self._thread: threading.Thread | None = None
+        if self.overlap:
+            self._thread = threading.Thread(target=self._serve, name="hpc-grad-comm", daemon=True)
+            self._thread.start()
+
+    # -- per step ------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Arm the hooks for one backward pass; with overlap, queue the step for the comm thread.
+
+        Gradients are set to None so autograd hands each hook a fresh tensor (no zeroing pass, no
+        accumulation pass); the hook copies it, scaled, into the bucket.
+        """
+        for p in self.params:
+            p.grad = None
+        self._fired.clear()
+        for b in self.buckets:
+            self._pending[b.index] = b.n_params
+            self._ready[b.index].clear()
+        self._done.clear()
+        self._comm_busy = 0.0
+        self._active = True
+        if self.overlap:
+            self._jobs.put("step")
+
+    def _on_grad(self, param: "torch.Tensor") -> None:
+        import torch
+
+        if not self._active:
+            return
+        key = id(param)
+        view = self.views[key]
+        if param.grad is not view:
+            torch.mul(param.grad, self.inv, out=view)  # copy into the bucket, averaged on the way
+            param.grad = view
+        self._fired.add(key)
+        bi = self.bucket_of[key]
+        self._pending[bi] -= 1
+        if self._pending[bi] == 0:
+            self.wire.mark_ready(self.buckets[bi])
+            self._ready[bi].set()
+
+    def finish(self) -> float:
+        """After backward: make sure every bucket is reduced; return the seconds spent waiting."""
+        t0 = time.perf_counter()
+        self._active = False
+        if len(self._fired) < len(self.params):  # parameters that got no gradient this step: zeros
+            for p in self.params:
+                if id(p) not in self._fired:
+                    view = self.views[id(p)]
+                    view.zero_()
+                    p.grad = view
+        for b in self.buckets:  # ... and their buckets are ready now
+            if not self._ready[b.index].is_set():
+                self.wire.mark_ready(b)
+                self._ready[b.index].set()
+        if self.overlap:
+            self._done.wait()
+            if self._error is not None:
+                err, self._error = self._error, None
+                raise err
+        else:
+            self._reduce_all()
+        self.wire.join_device()
+        return time.perf_counter() - t0
+
+    # -- communication -------------------------------------------------------------------------------
+    def _reduce_all(self) -> None:
+        t0 = time.perf_counter()
+        for b in self.buckets:
+            self._ready[b.index].wait()
+            self._reduce(b)
+        self._comm_busy = time.perf_counter() - t0
+
+    def _reduce(self, b: Bucket) -> None:
+        buf = self.wire.pack(b)
+        self.allreduce(self.comm, buf, buf, self.sum)
+        self.wire.unpack(b)
+
+    def _serve(self) -> None:
+        """Communication thread: one job per step, buckets in order as they become ready."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._reduce_all()
+            except BaseException as exc:  # handed to the main thread by finish()
+                self._error = exc
+            finally:
+                self._done.set()
+
+    @property
+    def comm_busy_s(self) -> float:
+        """Seconds the last step's reductions took in total (hidden or not)."""
+        return self._comm_busy
+
+    def bytes_per_step(self) -> int:
+        return self.flat.numel() * self.wire.itemsize
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self.comm is not None:
+            self.comm.Free()
+            self.comm = None
+
+
+class OwnTrainer(Trainer):
+    """Data-parallel training with BucketEngine over the chosen collective."""
+
+    name = "own"
+
+    def __init__(self, ctx: TrainContext) -> None:
+        super().__init__(ctx)
+        model, opts = ctx.model, ctx.opts
+        params = [p for p in model.parameters() if p.requires_grad]
+        broadcast_params(ctx.comm, params)
+        self.engine = BucketEngine(ctx.comm, params, ctx.collective.func,
+                                   int(opts.bucket_mb * (1 << 20)), fp16=opts.fp16_compress,
+                                   overlap=opts.overlap, staging=opts.host_staging)
+        self.optimizer = make_optimizer(params, opts)
+
+    def step(self, x: "torch.Tensor", y: "torch.Tensor") -> StepResult:
+        t0 = time.perf_counter()
+        eng = self.engine
+        out = self.ctx.model(x)
+        loss = loss_fn(self.ctx.cfg, out, y)
+        eng.begin()
+        loss.backward()
+        t1 = time.perf_counter()
+        exposed = eng.finish()
+        t2 = time.perf_counter()
+        self.optimizer.step()
+        value = float(loss.detach())
+        t3 = time.perf_counter()
+        return StepResult(value, (t1 - t0) + (t3 - t2), exposed, {"comm_total_s": eng.comm_busy_s})
+
+    def bytes_per_step(self) -> int:
+        return self.engine.bytes_per_step()
+
+    def summary(self) -> dict[str, Any]:
+        eng = self.engine
+        return {"buckets": len(eng.buckets), "bucket_mb": self.ctx.opts.bucket_mb,
+                "overlap": eng.overlap, "fp16_compress": eng.wire.fp16, "host_staging": eng.wire.staging,
+                "collective": self.ctx.collective.spec}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def make(ctx: TrainContext) -> Trainer:
+    return OwnTrainer(ctx)
