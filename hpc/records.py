@@ -127,6 +127,28 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def machine_probe(repeats: int = 5) -> float:
+    """Seconds for a fixed memory + arithmetic workload (median of `repeats`, ~5 ms in all).
+
+    Recorded with every run so that `hpc compare` can see the machine itself drift between runs
+    (on shared hosts the whole machine slows for minutes at a time; repetitions inside one run
+    cannot see that)."""
+    import time
+
+    import numpy as np
+
+    a = np.arange(1 << 18, dtype=np.float32)  # 1 MiB: in cache on anything recent
+    out = np.empty_like(a)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            np.multiply(a, 1.0001, out=out)
+            np.add(out, a, out=out)
+        times.append(time.perf_counter() - t0)
+    return float(sorted(times)[len(times) // 2])
+
+
 def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Where and how a point was measured. Collective over `comm` (it gathers the host names)."""
     import hpc
@@ -151,6 +173,7 @@ def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None
         "argv": list(argv if argv is not None else sys.argv),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "probe_s": machine_probe(),
     }
 
 

@@ -1,18 +1,23 @@
-"""`hpc compare`: two record sets side by side (a regression gate), or algorithms against a baseline.
+"""Verdicts on measurements: two record sets side by side (a regression gate), every scheme
+against a baseline, and a ranked "which scheme is fastest" per point.
 
-A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, scaling). Its samples are the
-repetitions (one value per record); a point with a single record uses that record's timed batches
-(`times_s`). A difference counts only when it is larger than the noise band (the larger of
---threshold and the relative inter-quartile spread of either side) and, where the sample sizes allow
-a verdict, a two-sided Mann–Whitney U test agrees at 5%. Ratios and spreads are taken in log space
-(×2 and ×0.5 are equally far from 1), so the band reads as "a factor of 1 + band".
+A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, scaling). Its samples
+are the repetitions (one value per record); a point with a single record uses that record's timed
+batches (`times_s`) but counts as one repetition. The verdict comes from a 95% confidence interval
+of the ratio B/A (Welch t-interval on log values, so ×2 and ×0.5 are equally far from 1) against
+the noise band: "worse"/"better" only when the whole interval lies beyond the band, "same"
+otherwise, "too few reps" below MIN_REPS on either side. The p-value is that of the same question
+(is the change larger than the band?), so it agrees with the verdict: p < 0.05 exactly when the
+verdict is better or worse.
+
+Between runs the whole machine drifts (see NOISE_BAND_PCT); an in-run reference (native `mpi`
+measured in both runs) cancels most of it, and the machine probe recorded in each run's provenance
+shows the rest: a change the drift could explain is "inconclusive", never "worse".
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from math import comb
 from typing import Any, Iterable
 
 from hpc.errors import HpcError
@@ -23,6 +28,13 @@ METRICS = {  # name -> (record field, higher is better, unit)
     "throughput": ("samples_per_s", True, "samples/s"),
 }
 ALPHA = 0.05
+MIN_REPS = 3
+# Smallest change a verdict may call real. Calibrated on A/A data of this 2-core shared machine:
+# `hpc train --sync ring,ring --reps 5 --np 2` (the same scheme interleaved with itself) and two
+# back-to-back `hpc sweep strong --np 1,2 --reps 3 ... bench collective --algo ring,mpi` runs;
+# with a 10% band the synthetic A/A test (tests/test_analysis.py) and the real A/A sweep both stay
+# "same" on >= 95% of points, while 3% called real A/A points "worse".
+NOISE_BAND_PCT = 10.0
 
 
 def point_key(rec: dict[str, Any], with_name: bool = True) -> tuple:
@@ -68,53 +80,76 @@ def samples(recs: list[dict[str, Any]], metric: str) -> list[float]:
     return vals
 
 
-@dataclass
-class _Stats:
-    median: float
-    spread: float  # inter-quartile range of log(values): a relative spread, symmetric in up/down
-    n: int
-
-
-def _stats(v: list[float]) -> _Stats:
+def probe_drift(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]]) -> float:
+    """How much slower the machine was in B than in A: ratio of the median machine probes recorded
+    in provenance (1.0 when either side has none)."""
     import numpy as np
 
-    a = np.asarray(v, dtype=float)
-    med = float(np.median(a))
-    if np.all(a > 0):
-        q25, q75 = np.percentile(np.log(a), [25, 75])
-        spread = float(q75 - q25)
-    else:
-        spread = math.inf
-    return _Stats(med, spread, a.size)
+    def probe(recs):
+        v = [r.get("provenance", {}).get("probe_s") for r in recs]
+        v = [x for x in v if isinstance(x, (int, float)) and x > 0]
+        return float(np.median(v)) if v else None
+
+    pa, pb = probe(a), probe(b)
+    return pb / pa if pa and pb else 1.0
 
 
-def _mw_usable(m: int, n: int) -> bool:
-    """Whether a two-sided Mann–Whitney test on m and n samples can reach p < ALPHA at all."""
-    return m >= 2 and n >= 2 and 2.0 / comb(m + n, m) < ALPHA
+def log_interval(values: list[float]) -> tuple[float, float, float]:
+    """(geometric mean, lo, hi): a 95% t-interval of the typical value, from log values."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.log(np.asarray(values, dtype=float))
+    m = float(v.mean())
+    if v.size < 2:
+        return math.exp(m), math.nan, math.nan
+    half = float(stats.t.ppf(1 - ALPHA / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
 
 
 def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
-                    threshold_pct: float = 3.0) -> dict[str, Any]:
-    """Median ratio B/A, the noise band, a Mann–Whitney p-value and a better/worse/same verdict."""
-    from scipy.stats import mannwhitneyu
+                    threshold_pct: float = NOISE_BAND_PCT, drift: float = 1.0) -> dict[str, Any]:
+    """Ratio B/A with its 95% CI, the p-value of "the change exceeds the band", and the verdict.
 
-    sa, sb = _stats(a), _stats(b)
-    ratio = sb.median / sa.median if sa.median else math.inf
-    change = 100.0 * (ratio - 1.0)
-    worse_pct = -change if higher_is_better else change
-    band_log = max(math.log1p(threshold_pct / 100.0), sa.spread, sb.spread)
-    band = 100.0 * math.expm1(band_log)
-    pval = None
-    if _mw_usable(sa.n, sb.n):
-        pval = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    inside = not (ratio > 0 and math.isfinite(ratio)) or abs(math.log(ratio)) <= band_log
-    if inside or (pval is not None and pval >= ALPHA):
-        verdict = "same"
+    `drift` is how much the machine itself moved between the runs (B/A of a probe or reference):
+    a change within it is "inconclusive" rather than better/worse.
+    """
+    import numpy as np
+    from scipy import stats
+
+    la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
+    if not (la.size and lb.size and np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
+        raise HpcError("values to compare must be positive numbers")
+    a_med, b_med = float(np.median(np.exp(la))), float(np.median(np.exp(lb)))
+    d = float(lb.mean() - la.mean())
+    band_log = math.log1p(threshold_pct / 100.0)
+    row = {"a_median": a_med, "b_median": b_med, "a_n": int(la.size), "b_n": int(lb.size),
+           "ratio": math.exp(d), "change_pct": 100.0 * math.expm1(d), "band_pct": threshold_pct,
+           "ci95": None, "p_value": None, "drift": drift}
+    row["worse_pct"] = -row["change_pct"] if higher_is_better else row["change_pct"]
+    if la.size < MIN_REPS or lb.size < MIN_REPS:
+        row["verdict"] = "too few reps"
+        return row
+    va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1)) if se > 0 else 1.0
+    tq = float(stats.t.ppf(1 - ALPHA / 2, df))
+    row["ci95"] = [math.exp(d - tq * se), math.exp(d + tq * se)]
+
+    def p_beyond(band: float) -> float:  # two-sided p of "|change| > band" (agrees with the CI)
+        excess = abs(d) - band
+        if se == 0:
+            return 0.0 if excess > 0 else 1.0
+        return float(min(1.0, 2.0 * stats.t.sf(excess / se, df)))
+
+    row["p_value"] = p_beyond(band_log)
+    if row["p_value"] >= ALPHA:
+        row["verdict"] = "same"
+    elif p_beyond(band_log + abs(math.log(drift))) >= ALPHA:
+        row["verdict"] = "inconclusive"
     else:
-        verdict = "worse" if worse_pct > 0 else "better"
-    return {"a_median": sa.median, "b_median": sb.median, "a_n": sa.n, "b_n": sb.n,
-            "ratio": ratio, "change_pct": change, "worse_pct": worse_pct, "band_pct": band,
-            "p_value": pval, "verdict": verdict}
+        row["verdict"] = "worse" if row["worse_pct"] > 0 else "better"
+    return row
 
 
 def _index(records: Iterable[dict[str, Any]], with_name: bool = True) -> dict[tuple, list[dict]]:
@@ -139,36 +174,86 @@ def _label(key: tuple) -> str:
     return f"{key[0]} {_point(key)}"
 
 
-def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: float) -> dict:
+def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: float,
+         drift: float = 1.0, ref: tuple[list[dict], list[dict]] | None = None,
+         ref_name: str | None = None, batches_are_reps: bool = False) -> dict:
+    import numpy as np
+
     m = choose_metric(ra + rb, metric)
     field, higher, unit = METRICS[m]
     row = {"kind": key[1], "name": key[0], "np": key[2], "variant": key[3],
            "label": _label(key), "point": _point(key), "metric": m, "field": field, "unit": unit,
-           "higher_is_better": higher}
-    row.update(compare_samples(samples(ra, m), samples(rb, m), higher, threshold))
+           "higher_is_better": higher, "relative_to": None}
+    sa, sb = samples(ra, m), samples(rb, m)
+    if len(ra) > 1 or len(rb) > 1:  # repetitions are records; batches of one record are not runs
+        sa, sb = [float(r[field]) for r in ra], [float(r[field]) for r in rb]
+    if ref is not None:  # divide out the machine: each run's value relative to its own reference
+        fa = float(np.median(samples(ref[0], m)))
+        fb = float(np.median(samples(ref[1], m)))
+        sa, sb = [x / fa for x in sa], [x / fb for x in sb]
+        row["relative_to"] = ref_name
+        drift = 1.0
+    # Between runs only records are repetitions; within one run (against a baseline measured
+    # interleaved with it) the timed batches of a single record are too.
+    reps_a = len(sa) if batches_are_reps or len(ra) > 1 else 1
+    reps_b = len(sb) if batches_are_reps or len(rb) > 1 else 1
+    res = compare_samples(sa, sb, higher, threshold, drift)
+    if min(reps_a, reps_b) < MIN_REPS:
+        res.update(verdict="too few reps", ci95=None, p_value=None)
+    if ref is not None:  # report medians in the metric's own unit, the ratio relative to the reference
+        res["a_median"] = float(np.median(samples(ra, m)))
+        res["b_median"] = float(np.median(samples(rb, m)))
+    res["a_n"], res["b_n"] = reps_a, reps_b
+    row.update(res)
     return row
 
 
 def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], metric: str = "auto",
-                    threshold_pct: float = 3.0) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows for every point present (ok) in both A and B, plus notes on unmatched points."""
+                    threshold_pct: float = NOISE_BAND_PCT,
+                    reference: str | None = "auto") -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows for every point present (ok) in both A and B, plus notes on unmatched points.
+
+    `reference` (default: `mpi` when both runs measured it) is an in-run baseline: each point is
+    compared relative to it, which cancels the machine's drift between the runs.
+    """
     from hpc.analysis.groups import sort_key
 
+    a, b = list(a), list(b)
     ia, ib = _index(a), _index(b)
     common = sorted(set(ia) & set(ib), key=lambda k: sort_key((k[1], k[5], k[2], k[3], k[4], k[0])))
     if not common:
         raise HpcError(f"no matching points between A ({len(ia)} points) and B ({len(ib)} points)")
-    rows = [_row(k, ia[k], ib[k], metric, threshold_pct) for k in common]
+    names = {k[0] for k in common}
+    auto = reference == "auto"
+    # auto: native MPI_Allreduce, which no hpc change can make slower, is the in-run reference of
+    # collective points (for training, `mpi` is hpc's own sync code and may itself regress)
+    ref = ("mpi" if "mpi" in names else None) if auto else reference
+    if ref is not None and ref not in names:
+        raise HpcError(f"reference {ref!r} was not measured in both runs")
+    drift = probe_drift(a, b)
+    rows, relative = [], 0
+    for k in common:
+        rk = (ref,) + k[1:]
+        usable = ref is not None and k[0] != ref and rk in ia and rk in ib and (not auto or k[1] == "collective")
+        rows.append(_row(k, ia[k], ib[k], metric, threshold_pct, drift,
+                         (ia[rk], ib[rk]) if usable else None, ref))
+        relative += usable
     notes = []
+    if relative:
+        notes.append(f"{relative} point(s) compared relative to {ref} measured in the same run "
+                     "(machine drift cancelled)")
+    if abs(math.log(drift)) > math.log1p(threshold_pct / 100):
+        notes.append(f"the machine probe ran ×{drift:.2f} slower in B than in A: changes it could "
+                     "explain are 'inconclusive'")
     for side, only in (("A", set(ia) - set(ib)), ("B", set(ib) - set(ia))):
         if only:
-            names = ", ".join(_label(k) for k in sorted(only, key=sort_key)[:5])
-            notes.append(f"only in {side}: {len(only)} point(s) ({names}{', …' if len(only) > 5 else ''})")
+            shown = ", ".join(_label(k) for k in sorted(only, key=sort_key)[:5])
+            notes.append(f"only in {side}: {len(only)} point(s) ({shown}{', …' if len(only) > 5 else ''})")
     return rows, notes
 
 
 def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: str = "auto",
-                     threshold_pct: float = 3.0) -> tuple[list[dict[str, Any]], list[str]]:
+                     threshold_pct: float = NOISE_BAND_PCT) -> tuple[list[dict[str, Any]], list[str]]:
     """Every algorithm/sync scheme against `baseline` at each point where both were measured."""
     from hpc.analysis.groups import sort_key
 
@@ -184,7 +269,7 @@ def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: s
         if bkey not in idx:
             notes.append(f"{_label(key)}: no {baseline} measurement at this point")
             continue
-        row = _row(key, idx[bkey], idx[key], metric, threshold_pct)
+        row = _row(key, idx[bkey], idx[key], metric, threshold_pct, batches_are_reps=True)
         row["baseline"] = baseline
         rows.append(row)
     if not rows:
@@ -198,25 +283,105 @@ def _fmt_value(v: float, unit: str) -> str:
     return fmt_time(v) if unit == "s" else f"{fmt_num(v)} {unit}"
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "—" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
-                     b_name: str = "B", notes: Iterable[str] = ()):
-    """One row per point: medians, ratio, change, noise band, p-value, verdict."""
+                     b_name: str = "B", notes: Iterable[str] = (), wide: bool = False):
+    """One row per point: ratio with its 95% CI, p-value, verdict (`wide`: medians, band, reps too)."""
     from hpc.table import Table
 
-    tab = Table(title, ["point", "algo", "metric", f"{a_name} median", f"{b_name} median",
-                        f"{b_name}/{a_name}", "change", "noise band", "MW p", "verdict"])
+    cols = ["point", "algo", f"{b_name}/{a_name}", "95% CI", "p", "verdict"]
+    if wide:
+        cols[2:2] = ["metric", f"{a_name} median", f"{b_name} median"]
+        cols[-2:-2] = ["change", "band", "reps"]
+    tab = Table(title, cols)
     for r in rows:
-        direction = "higher better" if r["higher_is_better"] else "lower better"
-        tab.add(r["point"], r["name"], f"{r['metric']} ({direction})", _fmt_value(r["a_median"], r["unit"]),
-                _fmt_value(r["b_median"], r["unit"]), f"{r['ratio']:.3f}×",
-                f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.1f}%" if r["band_pct"] < 100
-                else f"×/÷{1 + r['band_pct'] / 100:.2f}",
-                "—" if r["p_value"] is None else f"{r['p_value']:.3g}", r["verdict"])
+        cells = [r["point"], r["name"], f"{r['ratio']:.3f}×", _ci(r["ci95"]),
+                 "—" if r["p_value"] is None else f"{r['p_value']:.2g}", r["verdict"]]
+        if wide:
+            direction = "higher better" if r["higher_is_better"] else "lower better"
+            cells[2:2] = [f"{r['metric']} ({direction})", _fmt_value(r["a_median"], r["unit"]),
+                          _fmt_value(r["b_median"], r["unit"])]
+            cells[-2:-2] = [f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.0f}%", f"{r['a_n']}/{r['b_n']}"]
+        tab.add(*cells)
+    metrics = sorted({f"{r['metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better)"
+                      for r in rows})
     tab.notes += list(notes)
-    tab.notes.append("verdict 'same' when B/A is within a factor 1 ± band of 1 (band: the larger of "
-                     "--threshold and the reps' inter-quartile spread, in log space) or "
-                     "Mann–Whitney p ≥ 0.05")
+    tab.notes.append(f"ratio of {', '.join(metrics)}; worse/better only when the whole 95% CI lies "
+                     f"beyond the ±{rows[0]['band_pct'] if rows else NOISE_BAND_PCT:g}% noise band "
+                     f"(p < 0.05 means the same); fewer than {MIN_REPS} repetitions: 'too few reps'")
     return tab
+
+
+def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
+                 threshold_pct: float = NOISE_BAND_PCT) -> list[dict[str, Any]]:
+    """Per point measured by several algorithms/schemes: them ranked fastest first, each with its
+    typical value (95% CI) and its ratio to the fastest with a verdict ("same" = not distinguishable).
+
+        >>> rank_schemes(load_records("runs/sync"))[0]["ranking"][0]["name"]    # the winner
+    """
+    import numpy as np
+
+    from hpc.analysis.groups import sort_key
+
+    idx = _index(records)
+    points: dict[tuple, dict[str, list[dict]]] = {}
+    for key, recs in idx.items():
+        points.setdefault(key[1:], {})[key[0]] = recs
+    out = []
+    for pkey in sorted(points, key=sort_key):
+        by = points[pkey]
+        if len(by) < 2:
+            continue
+        m = choose_metric([r for rs in by.values() for r in rs], metric)
+        field, higher, unit = METRICS[m]
+        stats_by = {}
+        for name, recs in by.items():
+            vals = samples(recs, m) if len(recs) == 1 else [float(r[field]) for r in recs]
+            gm, lo, hi = log_interval(vals)
+            stats_by[name] = (vals, gm, lo, hi)
+        order = sorted(stats_by, key=lambda n: -stats_by[n][1] if higher else stats_by[n][1])
+        best = order[0]
+        ranking = []
+        for pos, name in enumerate(order, 1):
+            vals, gm, lo, hi = stats_by[name]
+            cmp = compare_samples(stats_by[best][0], vals, higher, threshold_pct) if name != best else None
+            speed = (gm / stats_by[best][1]) if higher else (stats_by[best][1] / gm)
+            ranking.append({"rank": pos, "name": name, "value": gm, "ci95": [lo, hi], "unit": unit,
+                            "n": len(vals), "min": float(np.min(vals)), "max": float(np.max(vals)),
+                            "speed_vs_best": speed, "vs_best_ci95": cmp["ci95"] if cmp else None,
+                            "verdict": "fastest" if cmp is None else
+                            {"worse": "slower", "better": "faster", "same": "same as fastest"}
+                            .get(cmp["verdict"], cmp["verdict"])})
+        kind, np_, variant, extra, scaling = pkey
+        out.append({"point": _point((None, *pkey)), "kind": kind, "np": np_, "variant": variant,
+                    "metric": m, "unit": unit, "higher_is_better": higher, "ranking": ranking})
+    return out
+
+
+def ranking_tables(ranked: list[dict[str, Any]]) -> list:
+    """One "which scheme is fastest" table per point."""
+    from hpc.table import Table, fmt_num, fmt_time
+
+    tabs = []
+    for pt in ranked:
+        unit = pt["unit"]
+        fmt = (lambda v: fmt_time(v)) if unit == "s" else (lambda v: f"{fmt_num(v)}")
+        head = f"{pt['metric']} ({unit})" if unit != "s" else "time"
+        tab = Table(f"Which is fastest — {pt['point']} ({pt['metric']}, "
+                    f"{'higher' if pt['higher_is_better'] else 'lower'} is better)",
+                    ["#", "scheme", head, "95% CI", "reps", "speed vs best", "verdict"])
+        for r in pt["ranking"]:
+            ci = r["ci95"]
+            tab.add(r["rank"], r["name"], fmt(r["value"]),
+                    "—" if not ci or ci[0] != ci[0] else f"[{fmt(ci[0])}, {fmt(ci[1])}]", r["n"],
+                    f"{r['speed_vs_best']:.2f}×", r["verdict"])
+        tab.notes.append("value: geometric mean of the repetitions; 'same as fastest' when the 95% CI "
+                         "of the ratio does not lie entirely beyond the noise band")
+        tabs.append(tab)
+    return tabs
 
 
 def baseline_summary(rows: list[dict[str, Any]]):

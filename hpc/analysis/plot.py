@@ -51,13 +51,17 @@ def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
         ns = np.array([p["np"] for p in f.points], dtype=float)
         s = np.array([p["speedup"] for p in f.points])
         inside = grid <= ns.max()
+        good = _good_fit(f)
+        span = slice(None) if good else inside  # a poor fit gets no extrapolation at all
         curve = law_speedup(law, grid, f.p)
         if f.ci95:
-            ax.fill_between(grid, law_speedup(law, grid, f.ci95[0]), law_speedup(law, grid, f.ci95[1]),
-                            color=c, alpha=0.15, lw=0)
+            ax.fill_between(grid[span], law_speedup(law, grid, f.ci95[0])[span],
+                            law_speedup(law, grid, f.ci95[1])[span], color=c, alpha=0.15, lw=0)
         ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
-        ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
+        if good:
+            ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
         ci = f"[{f.ci95[0]:.3f}, {f.ci95[1]:.3f}]" if f.ci95 else ""
+        ci += "" if good else f" — poor fit (R² {f.r2:.2f}): no extrapolation"
         # whiskers: the speedup range over repetitions (T(1) median over each rep's T(N))
         lo = np.array([p["speedup"] * p["time_median_s"] / p["time_max_s"] for p in f.points])
         hi = np.array([p["speedup"] * p["time_median_s"] / p["time_min_s"] for p in f.points])
@@ -94,12 +98,15 @@ def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
         ns = np.array([p["np"] for p in f.points], dtype=float)
         e = np.array([p["efficiency"] for p in f.points])
         inside = grid <= ns.max()
+        good = _good_fit(f)
+        span = slice(None) if good else inside
         eff = law_speedup(law, grid, f.p) / grid
         if f.ci95:
-            ax.fill_between(grid, law_speedup(law, grid, f.ci95[0]) / grid,
-                            law_speedup(law, grid, f.ci95[1]) / grid, color=c, alpha=0.15, lw=0)
+            ax.fill_between(grid[span], (law_speedup(law, grid, f.ci95[0]) / grid)[span],
+                            (law_speedup(law, grid, f.ci95[1]) / grid)[span], color=c, alpha=0.15, lw=0)
         ax.plot(grid[inside], eff[inside], color=c, lw=1.8)
-        ax.plot(grid[~inside], eff[~inside], color=c, lw=1.4, ls="--")
+        if good:
+            ax.plot(grid[~inside], eff[~inside], color=c, lw=1.4, ls="--")
         ax.plot(ns, e, _MARKERS[i % len(_MARKERS)], color=c, ms=6, mec="white", mew=0.6,
                 label=_short(f))
     _axis_n(ax, _extrap_ns(nmax))
@@ -109,6 +116,13 @@ def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
+
+
+def _good_fit(fit) -> bool:
+    """R² ≥ 0.9: only then is an extrapolation drawn (a poor fit's curve stays within the data)."""
+    import math
+
+    return isinstance(fit.r2, float) and math.isfinite(fit.r2) and fit.r2 >= 0.9
 
 
 def _name(fit) -> str:
@@ -241,6 +255,58 @@ def _collective_panels(coll: list[dict], color) -> list[Callable]:
     return panels
 
 
+def _scheme_panel(pt: dict, recs_by_name: dict[str, list[float]], color) -> Callable:
+    """Painter: one point's schemes side by side, fastest first — bar = geometric mean, whiskers =
+    95% CI, dots = every repetition."""
+    def paint(ax):
+        from hpc.table import fmt_num, fmt_time
+
+        rank = pt["ranking"]
+        ys = list(range(len(rank)))[::-1]
+        for y, r in zip(ys, rank):
+            c = color(r["name"])
+            ax.barh(y, r["value"], color=c, alpha=0.35, height=0.6)
+            lo, hi = r["ci95"]
+            if lo == lo and hi == hi:
+                ax.errorbar(r["value"], y, xerr=[[r["value"] - lo], [hi - r["value"]]], fmt="none",
+                            ecolor="0.2", elinewidth=1.2, capsize=4)
+            vals = recs_by_name.get(r["name"], [])
+            ax.plot(vals, [y] * len(vals), "o", color=c, ms=4, mec="0.2", mew=0.4)
+            label = fmt_time(r["value"]) if pt["unit"] == "s" else fmt_num(r["value"])
+            ax.annotate(f" {label}  {r['speed_vs_best']:.2f}×  {r['verdict']}", (r["value"], y),
+                        xytext=(4, 8), textcoords="offset points", fontsize=7.5, color="0.15")
+        ax.set_yticks(ys, [r["name"] for r in rank])
+        ax.set_xlim(0, max(max(r["ci95"][1] if r["ci95"][1] == r["ci95"][1] else r["value"],
+                               max(recs_by_name.get(r["name"], [r["value"]])), r["value"])
+                           for r in rank) * 1.45)
+        better = "higher" if pt["higher_is_better"] else "lower"
+        ax.set_xlabel(f"{pt['metric']} ({pt['unit']}), {better} is better")
+        ax.set_title(f"Which is fastest — {pt['point']}", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    return paint
+
+
+def scheme_panels(records: list[dict], color, limit: int = 2) -> list[Callable]:
+    """Ranked-scheme charts for the largest rank count of each kind measured by several schemes."""
+    from hpc.analysis.compare import METRICS, rank_schemes
+
+    ranked = rank_schemes(records)
+    chosen: dict[str, dict] = {}
+    for pt in ranked:  # sorted by point: the last of each kind has the largest np
+        if pt["kind"] != "collective":
+            chosen[pt["kind"]] = pt
+    panels = []
+    for pt in list(chosen.values())[:limit]:
+        field = METRICS[pt["metric"]][0]
+        at = [r for r in records if r.get("np") == pt["np"] and r.get("kind") == pt["kind"]]
+        by: dict[str, list[float]] = {}
+        for r in at:
+            if isinstance(r.get(field), (int, float)):
+                by.setdefault(str(r.get("algo") or r.get("sync")), []).append(float(r[field]))
+        panels.append(_scheme_panel(pt, by, color))
+    return panels
+
+
 def _palette(names: Iterable[str]) -> Callable[[str], Any]:
     """Stable colour per name (tab10 in sorted order)."""
     from matplotlib import colormaps
@@ -251,7 +317,7 @@ def _palette(names: Iterable[str]) -> Callable[[str], Any]:
 
 
 def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict] | None = None,
-                title: str | None = None) -> Path:
+                title: str | None = None, schemes: list[dict] | None = None) -> Path:
     """Write one PNG with scaling panels for `fits` and collective panels for `collective` records."""
     import math
 
@@ -261,8 +327,11 @@ def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict
     fits = [f for f in (fits or []) if f.group.get("kind") != "collective"]
     collective = collective or []
     panels: list[Callable] = []
-    names = [_name(f) for f in fits] + [str(r.get("algo")) for r in collective]
+    schemes = schemes or []
+    names = [_name(f) for f in fits] + [str(r.get("algo") or r.get("sync")) for r in collective + schemes]
     color = _palette(names)
+    if schemes:
+        panels += scheme_panels(schemes, color)
     for law in ("amdahl", "gustafson"):
         fl = [f for f in fits if f.law == law]
         if fl:
@@ -271,7 +340,8 @@ def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict
     if collective:
         panels += _collective_panels(collective, color)
     if not panels:
-        raise HpcError("nothing to plot: need a scaling fit or collective records")
+        raise HpcError("nothing to plot: need a scaling fit, collective records, or schemes "
+                       "measured side by side")
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(6.4 * cols, 4.8 * rows), dpi=110, layout="constrained")
@@ -306,10 +376,10 @@ def plot_path(path: str | Path, out: str | Path, law: str | None = None) -> Path
     coll = [r for r in ok if r.get("kind") == "collective" and isinstance(r.get("size_bytes"), int)]
     scal = [r for r in ok if r.get("kind") != "collective"]
     fits = []
-    if scal:
+    if scal and len({r.get("np") for r in scal}) > 1:
         try:
             fits = fit_records(scal, law, skipped=[])
         except HpcError:
-            if not coll:
+            if not coll and len({r.get("sync") or r.get("algo") for r in scal}) < 2:
                 raise
-    return plot_figure(out, fits=fits, collective=coll, title=str(path))
+    return plot_figure(out, fits=fits, collective=coll, title=str(path), schemes=scal)

@@ -281,24 +281,33 @@ def _ci(ci: list[float] | None, digits: int = 4) -> str:
     return f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else "—"
 
 
-def summary_table(results: list[FitResult]):
-    """One row per fitted group."""
+def summary_table(results: list[FitResult], wide: bool = False):
+    """One row per fitted group (`wide`: also 1−P, SMAPE, the Amdahl ceiling and the best model)."""
     from hpc.table import Table, fmt_bytes, fmt_num
 
-    tab = Table("Scaling fits: P = parallel fraction, 95% CI from all repetitions",
-                ["kind", "algo/sync", "size/model", "law", "N", "P [95% CI]", "1−P", "R²",
-                 "SMAPE %", "ceiling", f"S @ {PREDICT_FACTORS[1]}×N", "best model", "flags"])
+    cols = ["kind", "algo/sync", "size/model", "law", "N", "P [95% CI]", "R²",
+            f"S @ {PREDICT_FACTORS[1]}×N", "flags"]
+    if wide:
+        cols[7:7] = ["1−P", "SMAPE %", "ceiling", "best model"]
+    tab = Table("Scaling fits: P = parallel fraction, 95% CI from all repetitions", cols)
     for r in results:
         g = r.group
         v = g.get("variant")
         v = fmt_bytes(v) if g.get("kind") == "collective" and isinstance(v, (int, float)) else v
         pr = next((x for x in r.predictions if x["factor"] == PREDICT_FACTORS[1]), None)
-        tab.add(g.get("kind", "csv"), g.get("name", r.label), v if v is not None else "",
-                r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", f"{r.p:.4f} {_ci(r.ci95, 3)}",
-                f"{r.serial_fraction:.4f}", fmt_num(r.r2, 3), fmt_num(r.smape, 3),
-                fmt_num(r.ceiling, 3) if r.law == AMDAHL else "none",
-                f"{pr['speedup']:.3g} @{pr['np']}" if pr else None,
-                r.model_choice.get("best_aicc"), " ".join(f["code"] for f in r.flags))
+        poor = not (math.isfinite(r.r2) and r.r2 >= 0.9)
+        cells = [g.get("kind", "csv"), g.get("name", r.label), v if v is not None else "",
+                 r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", f"{r.p:.4f} {_ci(r.ci95, 3)}",
+                 fmt_num(r.r2, 3),
+                 "poor fit" if poor else (f"{pr['speedup']:.3g} @{pr['np']}" if pr else None),
+                 " ".join(f["code"] for f in r.flags)]
+        if wide:
+            cells[7:7] = [f"{r.serial_fraction:.4f}", fmt_num(r.smape, 3),
+                          fmt_num(r.ceiling, 3) if r.law == AMDAHL else "none",
+                          r.model_choice.get("best_aicc")]
+        tab.add(*cells)
+    if any(not (math.isfinite(r.r2) and r.r2 >= 0.9) for r in results):
+        tab.notes.append("poor fit: R² < 0.9, the law does not describe these points; no prediction")
     if any(r.group.get("kind") == "collective" for r in results):
         tab.notes.append("collective records: the α–β cost model is usually the apt fit "
                          "(hpc fit PATH --law alpha-beta)")
@@ -325,7 +334,9 @@ def detail_tables(r: FitResult) -> list:
     if r.law == AMDAHL:
         pts.notes.append(f"Amdahl ceiling 1/(1−P) = {fmt_num(r.ceiling)}")
     pts.notes += [f"{f['code']}: {f['message']}" for f in r.flags]
-    pred = Table("Predictions (law)", ["N", "speedup", "95% CI", "efficiency", "time"])
+    poor = not (math.isfinite(r.r2) and r.r2 >= 0.9)
+    pred = Table("Predictions (law)" + (f" — R² {fmt_num(r.r2, 3)} < 0.9: NOT reliable" if poor else ""),
+                 ["N", "speedup", "95% CI", "efficiency", "time"])
     for p in r.predictions:
         pred.add(f"{p['np']} ({p['factor']}×)", fmt_num(p["speedup"]), _ci(p["speedup_ci95"]),
                  fmt_num(p["efficiency"], 3), fmt_time(p["time_s"]))

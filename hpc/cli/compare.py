@@ -1,4 +1,4 @@
-"""`hpc compare A B` (a regression gate) and `hpc compare A --baseline NAME`."""
+"""`hpc compare A B` (a regression gate), `hpc compare A --baseline NAME`, `hpc compare A` (ranking)."""
 
 from __future__ import annotations
 
@@ -6,41 +6,48 @@ import argparse
 import json
 import sys
 
-from hpc.analysis.compare import (METRICS, baseline_summary, compare_baseline, compare_records,
-                                  comparison_table)
+from hpc.analysis.compare import (METRICS, NOISE_BAND_PCT, baseline_summary, compare_baseline,
+                                  compare_records, comparison_table, rank_schemes, ranking_tables)
 from hpc.errors import HpcError
 
-
-_HELP = """\
-Compare two record sets point by point (a regression gate), or every algorithm in one set
-against a baseline.
+_HELP = f"""\
+Compare two record sets point by point (a regression gate), every algorithm in one set against a
+baseline, or (A alone) rank the algorithms/schemes measured at each point, fastest first.
 
   hpc compare runs/before runs/after --fail-if-worse 10
   hpc compare runs/sweep --baseline mpi --markdown
+  hpc compare runs/sync                       # which scheme is fastest, with 95% CIs
 
 Metric (auto): busbw for collectives with np > 1 (higher is better), samples/s for training
-(higher is better), time otherwise (lower is better). Verdict 'same' when the change is inside
-the noise band: the larger of --threshold and the inter-quartile spread of the repetitions
-(in log space, so B/A within a factor 1 ± band of 1), or when a Mann–Whitney U test
-(where the sample sizes allow one) gives p ≥ 0.05.
-Exit 1 with --fail-if-worse PCT when any point is 'worse' by more than PCT percent.
+(higher is better), time otherwise (lower is better). The verdict comes from the 95% confidence
+interval of the ratio (t-interval on log values over the repetitions): 'worse'/'better' only when
+the whole interval lies beyond the noise band (--threshold, default {NOISE_BAND_PCT:g}%, calibrated
+on A/A runs of this kind of machine), 'same' otherwise, 'too few reps' with fewer than 3
+repetitions, 'inconclusive' when the machine itself drifted between A and B by more than the
+change. Between runs, points are compared relative to native `mpi` measured in the same run when
+both runs have it (--reference). Exit 1 with --fail-if-worse PCT when any point is 'worse' by
+more than PCT percent.
 """
 
 
 def register(sub) -> None:
     """Add the `compare` verb."""
-    p = sub.add_parser("compare", help="compare two record sets, or algorithms against a baseline",
+    p = sub.add_parser("compare", help="compare record sets, against a baseline, or rank schemes",
                        description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", metavar="A", help="records file or directory (the reference)")
     p.add_argument("b", metavar="B", nargs="?", help="records file or directory (the candidate)")
     p.add_argument("--baseline", metavar="NAME",
                    help="compare every algo/sync in A against NAME (e.g. mpi) instead of A vs B")
+    p.add_argument("--reference", default="auto", metavar="NAME",
+                   help="A vs B: compare each point relative to NAME measured in the same run "
+                        "(default: mpi when both runs have it; 'none' to compare raw values)")
     p.add_argument("--metric", default="auto", choices=["auto", *METRICS],
                    help="what to compare (default auto)")
-    p.add_argument("--threshold", type=float, default=3.0, metavar="PCT",
-                   help="smallest change in percent that can count (default 3)")
+    p.add_argument("--threshold", type=float, default=NOISE_BAND_PCT, metavar="PCT",
+                   help=f"noise band: smallest change in percent that can count (default {NOISE_BAND_PCT:g})")
     p.add_argument("--fail-if-worse", type=float, default=None, metavar="PCT",
                    help="exit 1 when any point is worse by more than PCT percent")
+    p.add_argument("--wide", action="store_true", help="all columns (medians, change, band, reps)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="markdown tables")
     fmt.add_argument("--csv", action="store_true", help="CSV (one table)")
@@ -50,32 +57,40 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `hpc compare`."""
-    from hpc.analysis.groups import load_records
+    from hpc.analysis.groups import json_safe, load_records
     from hpc.table import print_tables
 
-    if args.threshold < 0 or (args.fail_if_worse is not None and args.fail_if_worse < 0):
+    if not args.threshold >= 0 or (args.fail_if_worse is not None and not args.fail_if_worse >= 0):
         raise HpcError("--threshold and --fail-if-worse must be ≥ 0")
     if args.baseline and args.b:
         raise HpcError("give either B or --baseline NAME, not both")
+    fmt = "csv" if args.csv else "markdown" if args.markdown else "rich"
     if not args.baseline and not args.b:
-        raise HpcError("nothing to compare: give B, or --baseline NAME to compare within A")
+        ranked = rank_schemes(load_records(args.a), args.metric, args.threshold)
+        if not ranked:
+            raise HpcError(f"{args.a}: no point was measured by two or more algorithms/schemes; "
+                           "give B, or --baseline NAME")
+        if args.json:
+            json.dump(json_safe(ranked), sys.stdout, indent=2, allow_nan=False)
+            sys.stdout.write("\n")
+        else:
+            print_tables(ranking_tables(ranked), fmt)
+        return 0
     if args.baseline:
         rows, notes = compare_baseline(load_records(args.a), args.baseline, args.metric,
                                        args.threshold)
         tables = [comparison_table(rows, f"{args.a}: each algorithm against {args.baseline}",
-                                   args.baseline, "algo", notes), baseline_summary(rows)]
+                                   args.baseline, "algo", notes, wide=args.wide), baseline_summary(rows)]
     else:
+        reference = None if args.reference.lower() == "none" else args.reference
         rows, notes = compare_records(load_records(args.a), load_records(args.b), args.metric,
-                                      args.threshold)
-        tables = [comparison_table(rows, f"A = {args.a}  vs  B = {args.b}", notes=notes)]
+                                      args.threshold, reference)
+        tables = [comparison_table(rows, f"A = {args.a}  vs  B = {args.b}", notes=notes, wide=args.wide)]
     if args.json:
-        from hpc.analysis.groups import json_safe
-
         json.dump(json_safe(rows), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        print_tables(tables[:1] if args.csv else tables,
-                     "csv" if args.csv else "markdown" if args.markdown else "rich")
+        print_tables(tables[:1] if args.csv else tables, fmt)
     if args.fail_if_worse is not None:
         bad = [r for r in rows if r["verdict"] == "worse" and r["worse_pct"] > args.fail_if_worse]
         if bad:

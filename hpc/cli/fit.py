@@ -16,7 +16,8 @@ collective cost model.
 
 PATH is a records file or directory (grouped by kind, algo/sync, size_bytes/model and scaling;
 only status == ok records) or a CSV with columns np,time_s (one row per repetition).
-The law defaults to the records' scaling (strong → amdahl, weak → gustafson; CSV → amdahl).
+The law defaults to the records' scaling (strong → amdahl, weak → gustafson; CSV → amdahl);
+records of collective benchmarks only are fitted with the α–β cost model.
 
   hpc fit runs/s1                       # rich tables, one row per group
   hpc fit times.csv --law gustafson --json
@@ -42,6 +43,7 @@ def register(sub) -> None:
                    help="per-point, prediction and model tables for every group "
                         "(default: only when there is one group)")
     p.add_argument("--markdown", action="store_true", help="markdown tables instead of rich")
+    p.add_argument("--wide", action="store_true", help="all summary columns")
     p.add_argument("--predict-np", default=None, metavar="N[,N...]",
                    help="alpha-beta: rank counts to predict at (default: 2× and 8× the largest)")
     p.add_argument("--predict-size", default=None, metavar="SIZE[,SIZE...]",
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return run_costmodel(args)
     if args.bootstrap < 0:
         raise HpcError("--bootstrap must be ≥ 0")
+    if not law and _collective_only(args.path):  # Amdahl/Gustafson do not describe message sizes
+        return run_costmodel(args)
     if args.predict_np or args.predict_size:
         raise HpcError("--predict-np/--predict-size belong to --law alpha-beta")
     from hpc.analysis.scaling import fit_path
@@ -73,12 +77,26 @@ def run(args: argparse.Namespace) -> int:
     from hpc.analysis.scaling import detail_tables, summary_table
     from hpc.table import print_tables
 
-    tables = [summary_table(results)]
+    tables = [summary_table(results, wide=args.wide)]
     if args.detail or len(results) == 1:
         for r in results:
             tables += detail_tables(r)
     print_tables(tables, "markdown" if args.markdown else "rich")
     return 0
+
+
+def _collective_only(path: str) -> bool:
+    """True when PATH holds records and every usable one is a collective benchmark."""
+    from pathlib import Path
+
+    from hpc.analysis.groups import load_records, ok_records
+    from hpc.analysis.scaling import is_csv
+
+    p = Path(path)
+    if not p.exists() or (p.is_file() and (p.stat().st_size == 0 or is_csv(p))):
+        return False
+    recs = ok_records(load_records(p))
+    return bool(recs) and all(r.get("kind") == "collective" for r in recs)
 
 
 def run_costmodel(args: argparse.Namespace) -> int:
