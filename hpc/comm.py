@@ -80,14 +80,17 @@ def check_uniform(comm: "MPI.Comm", buf: np.ndarray, what: str = "buffer") -> No
         raise HpcError(f"{what} differs across ranks: {shown}")
 
 
-def console(comm: "MPI.Comm | None" = None) -> "Console":
+def console(comm: "MPI.Comm | None" = None, stderr: bool = False) -> "Console":
     """A rich console for rank 0 (terminal styling when the user's terminal is one); quiet elsewhere."""
     from rich.console import Console
 
-    quiet = comm is not None and comm.Get_rank() != 0
     from hpc.env import get
 
+    quiet = comm is not None and comm.Get_rank() != 0
     tty = get("HPC_TTY")
+    if tty is None and comm is not None and comm.Get_size() > 1:
+        tty = "0"  # started by a user's mpirun/srun: Open MPI gives ranks a pty even when the job's
+        #            output goes to a file (a Slurm .out), so a rank cannot tell; never colour it
     force = True if tty == "1" else False if tty == "0" else None
     width = 120 if tty == "0" else None  # through pipes rich would assume 80 columns and squeeze tables
-    return Console(quiet=quiet, force_terminal=force, highlight=False, width=width)
+    return Console(quiet=quiet, force_terminal=force, highlight=False, width=width, stderr=stderr)

@@ -44,6 +44,10 @@ def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     data = "".join(json.dumps(r, default=_jsonable, allow_nan=False) + "\n" for r in records)
     if not data:
         return
+    if os.fspath(path) == "-":  # `--json -`: records to stdout (human output then goes to stderr)
+        sys.stdout.write(data)
+        sys.stdout.flush()
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

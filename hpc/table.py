@@ -115,7 +115,7 @@ def fmt_time(s: float | None) -> str:
 
 
 def fmt_bytes(n: float | None) -> str:
-    """Bytes the way `hpc bench` prints them (binary units): 1048576 -> '1MB'."""
+    """Bytes the way `hpc bench` prints them (binary units): 1048576 -> '1MiB'."""
     if n is None:
         return "—"
     from hpc.units import format_size

@@ -1,4 +1,8 @@
-"""Message sizes as people write them (8B, 4KB, 64MB) and back."""
+"""Message sizes as people write them (8B, 4KB, 64MB) and back.
+
+Sizes are binary everywhere, as in OSU and nccl-tests: KB/KiB = 1024 B, MB/MiB = 2^20 B on input,
+and printed as KiB/MiB/GiB so nobody has to guess. Bandwidths (algbw, busbw) are GB/s = 1e9 B/s,
+as nccl-tests reports them."""
 
 from __future__ import annotations
 
@@ -50,8 +54,8 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def format_size(n: int) -> str:
-    """67108864 -> `64MB`; 1536 -> `1.5KB`."""
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+    """67108864 -> `64MiB`; 1536 -> `1.5KiB`; 8 -> `8B` (binary units, as OSU and nccl-tests)."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= scale:
             v = n / scale
             return f"{v:g}{unit}" if v == int(v) else f"{v:.1f}{unit}"

@@ -154,8 +154,10 @@ def test_cli_compare_markdown_and_csv(tmp_path, sweep):
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert len(rows) == 4 and {r["algo"] for r in rows} == {"ring"}
     assert all(r["verdict"] in ("better", "worse", "same") for r in rows)
-    wide = hpc("compare", str(a), str(b), "--csv", "--wide", timeout=120)
-    assert "A median" in wide.stdout.splitlines()[0] and "reps" in wide.stdout.splitlines()[0]
+    assert "a_median (samples/s)" in rows[0] and float(rows[0]["ratio_b_over_a"]) > 0
+    assert float(rows[0]["ci95_low"]) <= float(rows[0]["ratio_b_over_a"]) <= float(rows[0]["ci95_high"])
+    wide = hpc("compare", str(a), str(b), "--wide", "--markdown", timeout=120)
+    assert "A median" in wide.stdout and "| reps |" in wide.stdout
 
 
 def test_cli_compare_collectives_use_busbw(sweep, tmp_path):

@@ -29,11 +29,11 @@ METRICS = {  # name -> (record field, higher is better, unit)
 }
 ALPHA = 0.05
 MIN_REPS = 3
-# Smallest change a verdict may call real. Calibrated on A/A data of this 2-core shared machine:
-# `hpc train --sync ring,ring --reps 5 --np 2` (the same scheme interleaved with itself) and two
-# back-to-back `hpc sweep strong --np 1,2 --reps 3 ... bench collective --algo ring,mpi` runs;
-# with a 10% band the synthetic A/A test (tests/test_analysis.py) and the real A/A sweep both stay
-# "same" on >= 95% of points, while 3% called real A/A points "worse".
+# Smallest change a verdict may call real. On this kind of 2-core shared machine the same command
+# run twice gave ring/mpi ratios 0.83-1.30x apart (shared/notes/environment.md, A/A section), so a
+# 3% band called A/A points "worse"; with 10% and the whole-CI rule the synthetic A/A test
+# (tests/test_analysis.py) stays "same" on >= 95% of points at noise sigma 0.05-0.5, and so does
+# the real A/A sweep (tests/test_aa.py).
 NOISE_BAND_PCT = 10.0
 
 
@@ -235,8 +235,11 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
     for k in common:
         rk = (ref,) + k[1:]
         usable = ref is not None and k[0] != ref and rk in ia and rk in ib and (not auto or k[1] == "collective")
-        rows.append(_row(k, ia[k], ib[k], metric, threshold_pct, drift,
-                         (ia[rk], ib[rk]) if usable else None, ref))
+        row = _row(k, ia[k], ib[k], metric, threshold_pct, drift,
+                   (ia[rk], ib[rk]) if usable else None, ref)
+        if ref is not None and k[0] == ref and (not auto or k[1] == "collective"):
+            row["verdict"] = "reference"  # its change between the runs is the machine's drift
+        rows.append(row)
         relative += usable
     notes = []
     if relative:
@@ -312,6 +315,23 @@ def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
     tab.notes.append(f"ratio of {', '.join(metrics)}; worse/better only when the whole 95% CI lies "
                      f"beyond the ±{rows[0]['band_pct'] if rows else NOISE_BAND_PCT:g}% noise band "
                      f"(p < 0.05 means the same); fewer than {MIN_REPS} repetitions: 'too few reps'")
+    return tab
+
+
+def csv_table(rows: list[dict[str, Any]]):
+    """The comparison as plain numbers for spreadsheets: one column per quantity, units in headers."""
+    from hpc.table import Table
+
+    unit = rows[0]["unit"] if rows and len({r["unit"] for r in rows}) == 1 else "metric units"
+    tab = Table("", ["point", "algo", "metric", f"a_median ({unit})", f"b_median ({unit})", "ratio_b_over_a",
+                     "ci95_low", "ci95_high", "change (%)", "noise_band (%)", "p_value", "a_reps",
+                     "b_reps", "relative_to", "verdict"])
+    for r in rows:
+        ci = r["ci95"] or [None, None]
+        tab.rows.append([str(x) if x is not None else "" for x in (
+            r["point"], r["name"], r["metric"], r["a_median"], r["b_median"], r["ratio"], ci[0], ci[1],
+            r["change_pct"], r["band_pct"], r["p_value"], r["a_n"], r["b_n"], r.get("relative_to"),
+            r["verdict"])])
     return tab
 
 

@@ -7,7 +7,8 @@ import json
 import sys
 
 from hpc.analysis.compare import (METRICS, NOISE_BAND_PCT, baseline_summary, compare_baseline,
-                                  compare_records, comparison_table, rank_schemes, ranking_tables)
+                                  compare_records, comparison_table, csv_table, rank_schemes,
+                                  ranking_tables)
 from hpc.errors import HpcError
 
 _HELP = f"""\
@@ -50,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--wide", action="store_true", help="all columns (medians, change, band, reps)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="markdown tables")
-    fmt.add_argument("--csv", action="store_true", help="CSV (one table)")
+    fmt.add_argument("--csv", action="store_true", help="CSV: plain numbers, units in the header")
     fmt.add_argument("--json", action="store_true", help="JSON list of rows")
     p.set_defaults(func=run)
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(json_safe(rows), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        print_tables(tables[:1] if args.csv else tables, fmt)
+        print_tables([csv_table(rows)] if args.csv else tables, fmt)
     if args.fail_if_worse is not None:
         bad = [r for r in rows if r["verdict"] == "worse" and r["worse_pct"] > args.fail_if_worse]
         if bad:

@@ -76,7 +76,7 @@ def run(cfg: BenchConfig) -> int:
     for coll in colls:
         if not coll.builtin and not cfg.no_verify:
             verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False)
-    out = console(comm)
+    out = console(comm, stderr=cfg.json == "-")  # `--json -`: stdout carries only the records
     prov = records.provenance(comm, records.command_line())
     nodes = len(prov["hosts"])
     rows: list[dict[str, Any]] = []
@@ -93,7 +93,7 @@ def run(cfg: BenchConfig) -> int:
         if cfg.json:
             records.append(cfg.json, rows)
         out.print(table(rows, p))
-        if cfg.json:
+        if cfg.json and cfg.json != "-":
             out.print(f"records: {cfg.json}")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
