@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -190,7 +192,8 @@ def test_render_fills_every_placeholder(name, tmp_path):
     text = slurm.render(name, job_name="j", nodes="2", ntasks_per_node=3, partition="gpu", account="proj",
                         workdir=tmp_path, output="o.txt", command="hpc bench collective --np 6",
                         env={"HPC_SWEEP_ID": "s1", "HPC_NODES": 2}, mpirun="/opt/my mpi/mpirun")
-    assert "${" not in text.replace("${LAUNCH[@]}", "")
+    assert not re.search(r"\$\{[a-z_]+\}", text), "an unfilled placeholder"
+    assert "\n\n\n" not in text, "an empty optional block left a gap"
     for option in ("--job-name=j", "--nodes=2", "--ntasks-per-node=3", "--partition=gpu", "--account=proj",
                    f"--chdir={tmp_path}", f"--output={tmp_path}/o.txt"):
         assert f"#SBATCH {option}\n" in text
@@ -201,6 +204,58 @@ def test_render_fills_every_placeholder(name, tmp_path):
     assert text.rstrip().endswith('"${LAUNCH[@]}" hpc bench collective --np 6')
     result = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True, timeout=10)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("ranks_per_node, cpus_on_node, oversubscribe", [(2, 8, False), (4, 8, True), (4, 2, True)])
+def test_rendered_script_oversubscribes_only_beyond_the_cores(tmp_path, ranks_per_node, cpus_on_node, oversubscribe):
+    """No hard-coded --oversubscribe: the script compares ranks per node with min(nproc, SLURM_CPUS_ON_NODE)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nproc").write_text("#!/bin/sh\necho 2\n")  # a 2-core node, whatever this machine has
+    (bindir / "mpirun").write_text('#!/bin/sh\necho "$@" > "$LAUNCHED"\n')
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    text = slurm.render("strong", job_name="j", nodes=1, ntasks_per_node=ranks_per_node, workdir=tmp_path,
+                        command=["./prog", "a b"], mpirun=str(bindir / "mpirun"), mpirun_flags=["--map-by", "core"],
+                        sbatch_lines=["#SBATCH --gres=gpu:4"], before=["export SITE=1", "test -n \"$SITE\""])
+    assert "#SBATCH --gres=gpu:4\n" in text and "--oversubscribe --bind-to none); fi" in text
+    script = slurm.write_script(tmp_path / "s.sbatch", text)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_NTASKS": str(ranks_per_node), "SLURM_JOB_ID": "1",
+           "SLURM_JOB_NODELIST": "c1", "SLURM_CPUS_ON_NODE": str(cpus_on_node),
+           "LAUNCHED": str(tmp_path / "launched")}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    launched = (tmp_path / "launched").read_text().split()
+    assert ("--oversubscribe" in launched) == oversubscribe, launched
+    assert launched[-4:] == ["core", "./prog", "a", "b"] and "--map-by" in launched
+
+
+def test_a_failing_before_command_stops_the_job_with_a_clear_line(tmp_path):
+    text = slurm.render("weak", job_name="j", nodes=1, ntasks_per_node=1, workdir=tmp_path, command="true",
+                        before=["module load nonexistent/1.0"])
+    script = slurm.write_script(tmp_path / "s.sbatch", text)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "SLURM_NTASKS": "1"})
+    assert proc.returncode == 1
+    assert "hpc: error: command before the launch failed: module load nonexistent/1.0" in proc.stderr
+
+
+def test_sinfo_without_a_controller_names_the_likely_cause(tmp_path):
+    if not shutil.which("sinfo"):
+        pytest.skip("Slurm client tools not installed")
+    conf = dead_controller_conf(tmp_path)
+    with pytest.raises(HpcError, match=r"^cannot reach a Slurm controller \(is slurmctld running\? "
+                                       rf"SLURM_CONF={re.escape(str(conf))}\)"):
+        slurm.cluster_info(env=dict(os.environ, SLURM_CONF=str(conf)))
+
+
+def dead_controller_conf(tmp_path: Path) -> Path:
+    """A slurm.conf whose controller port nobody listens on."""
+    conf = tmp_path / "dead.conf"
+    conf.write_text("ClusterName=dead\nSlurmctldHost=localhost\nSlurmctldPort=1\nAuthType=auth/none\n"
+                    "CredType=cred/none\nMessageTimeout=2\n"
+                    "NodeName=d1 CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=ALL Default=YES\n")
+    return conf
 
 
 @pytest.mark.parametrize("values, message", [

@@ -47,14 +47,19 @@ GROUP_FIELDS = ("kind", "name", "variant", "scaling")
 
 
 def record_name(rec: dict[str, Any]) -> str:
-    """The algorithm (collective) or sync scheme (train) of a record."""
+    """The algorithm (collective), sync scheme (train) or program name (run) of a record."""
+    if rec.get("kind") == "run":
+        return str(rec.get("name") or "program")
     return str(rec.get("algo") or rec.get("sync") or "unknown")
 
 
 def record_variant(rec: dict[str, Any]) -> Any:
-    """What else must match for points to be one scaling curve: message size or model."""
+    """What else must match for points to be one scaling curve: message size, model, or (run) the
+    program's arguments and how its figure was read."""
     if rec.get("kind") == "collective":
         return rec.get("size_bytes")
+    if rec.get("kind") == "run":
+        return rec.get("args") or "(no args)"
     return rec.get("model")
 
 

@@ -4,24 +4,30 @@ A sweep directory holds `sweep.json` (what the sweep is), `points/<point>.jsonl`
 finished point, moved into place atomically, so a killed sweep loses and duplicates nothing),
 `logs/` and, for Slurm, `slurm/<point>.sbatch`. Running the same command again skips the points
 that finished ok and retries the rest.
+
+WORKLOAD is an hpc command (`bench collective ...`, `train ...`) or any program:
+`run [--metric REGEX] [--higher-better] [--unit UNIT] [--name NAME] -- COMMAND ARGS...`.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from hpc.errors import HpcError
 from hpc.sweep import LAUNCHERS
+from hpc.sweep.command import RunSpec
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="strong/weak scaling sweep of a workload over rank counts",
                        description="Run WORKLOAD (an hpc command line without --np, e.g. `bench "
-                       "collective --algo ring,mpi --sizes 1MB:4MB` or `train --sync ring --model mlp`) "
-                       "at every rank count, locally with mpirun or through Slurm.")
+                       "collective --algo ring,mpi --sizes 1MB:4MB` or `train --sync ring --model mlp`, "
+                       "or any program: `run [--metric REGEX] [--higher-better] [--unit UNIT] -- COMMAND "
+                       "ARGS...`) at every rank count, locally with mpirun or through Slurm.")
     p.add_argument("scaling", choices=("strong", "weak"),
                    help="strong: fixed global problem split over N ranks; weak: fixed problem per rank")
     p.add_argument("--np", required=True, metavar="N,N,...", help="rank counts, increasing (e.g. 1,2,4)")
-    p.add_argument("--nodes", default="1", metavar="K,K,...", help="node counts (Slurm; default 1)")
+    p.add_argument("--nodes", metavar="K,K,...", help="node counts (Slurm only; default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (resumable)")
     p.add_argument("--reps", type=int, default=1, help="repetitions of every point (default 1)")
     p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local")
@@ -31,11 +37,20 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="slurm: write the sbatch scripts and stop; submit them by hand with sbatch")
     p.add_argument("--partition", help="slurm partition")
     p.add_argument("--account", help="slurm account")
-    p.add_argument("--time", default="00:30:00", help="slurm time limit per point (default 00:30:00)")
+    p.add_argument("--time", help="slurm time limit per point (default 00:30:00)")
     p.add_argument("--slurm-launcher", choices=("mpirun", "srun"), default="mpirun",
                    help="how a Slurm job starts its ranks (default mpirun)")
     p.add_argument("--no-chain", action="store_true",
                    help="slurm: let points run concurrently (default: one after another, afterany)")
+    p.add_argument("--sbatch-line", action="append", default=[], metavar="LINE",
+                   help="slurm: an extra line for every script, e.g. '#SBATCH --gres=gpu:4' (repeatable)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="slurm: an extra sbatch option, e.g. --sbatch-arg=--gres=gpu:4 (repeatable)")
+    p.add_argument("--before", action="append", default=[], metavar="CMD",
+                   help="slurm: a shell command run before the launch, e.g. 'module load openmpi' "
+                   "(repeatable; the job stops if it fails)")
+    p.add_argument("--mpirun-arg", action="append", default=[], metavar="ARG",
+                   help="an extra mpirun argument, e.g. --mpirun-arg=--map-by=ppr:2:node (repeatable)")
     p.add_argument("workload", nargs="*", metavar="WORKLOAD",
                    help="the hpc command to run at every point, without --np")
     p.set_defaults(func=run)
@@ -52,12 +67,17 @@ def split_argv(argv: list[str], takes_value: set[str]) -> tuple[list[str], list[
 
     The workload has options of its own (--algo ...), which argparse would take for the sweep's.
     """
+    argv = list(argv)
     i, seen_scaling = 1, False
     while i < len(argv):
         tok = argv[i]
         if tok == "--":
             return argv[:i], argv[i + 1:]
         if tok in takes_value:
+            if i + 1 < len(argv) and argv[i + 1].startswith("-") and tok.startswith("--"):
+                argv[i:i + 2] = [f"{tok}={argv[i + 1]}"]  # `--mpirun-arg --foo`: a value, not an option
+                i += 1
+                continue
             i += 2
         elif tok.startswith("-"):
             i += 1
@@ -68,15 +88,67 @@ def split_argv(argv: list[str], takes_value: set[str]) -> tuple[list[str], list[
     return argv, []
 
 
+class _RunParser(argparse.ArgumentParser):
+    """The `run` workload's options; bad usage is an HpcError (one line, nothing run)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise HpcError(f"sweep run: {message}")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _RunParser(prog="hpc sweep strong|weak ... run", description="Any program on N ranks: mpirun "
+                   "locally, or inside the sbatch script on Slurm. Its environment has HPC_SCALING "
+                   "(strong|weak), so it can size its own problem.")
+    p.add_argument("--metric", metavar="REGEX", help="the figure is the first group of REGEX in the last "
+                   "output line (stdout+stderr) that matches, e.g. 'time: ([0-9.eE+-]+) s'; default: "
+                   "the wall time of the launch")
+    p.add_argument("--higher-better", action="store_true",
+                   help="the figure is a throughput (e.g. items/s), not a time")
+    p.add_argument("--unit", help="the figure's unit: s (default), ms, us, ns, min, h for a time; "
+                   "anything (e.g. items/s) for a throughput")
+    p.add_argument("--name", help="what tables call the program (default: its file name)")
+    return p
+
+
+def parse_run(words: list[str]) -> RunSpec:
+    """`[--metric REGEX] [--higher-better] [--unit U] [--name N] [--] COMMAND ARGS...` -> RunSpec."""
+    parser = run_parser()
+    if "--" in words:
+        cut = words.index("--")
+        options, command = words[:cut], words[cut + 1:]
+    else:  # no `--`: the command starts at the first word that is neither an option nor its value
+        takes_value = value_options(parser)
+        i = 0
+        while i < len(words) and words[i].startswith("-"):
+            i += 2 if words[i] in takes_value else 1
+        options, command = words[:i], words[i:]
+    args = parser.parse_args(options)
+    return RunSpec(tuple(command), metric=args.metric, higher_better=args.higher_better, unit=args.unit,
+                   name=args.name)
+
+
 def run(args: argparse.Namespace) -> int:
     from hpc.sweep import run_sweep
     from hpc.sweep.plan import parse_counts
 
-    nodes = parse_counts(args.nodes, "nodes") if args.launcher == "slurm" else [1]
+    workload = list(args.workload)
+    words = workload[1:] if workload[:1] == ["hpc"] else workload
+    spec = parse_run(words[1:]) if words[:1] == ["run"] else None
     failed = run_sweep(
-        args.scaling, list(args.workload), nps=parse_counts(args.np, "np"), out=args.out,
+        args.scaling, workload, nps=parse_counts(args.np, "np"), out=args.out,
         validate=args.parse_workload,  # the whole CLI's parser: a typo is one line before anything runs
-        nodes=nodes, reps=args.reps, launcher=args.launcher, point_timeout=args.point_timeout,
-        dry_run=args.dry_run, partition=args.partition, account=args.account, time=args.time,
-        slurm_launcher=args.slurm_launcher, no_chain=args.no_chain)
+        nodes=parse_counts(args.nodes, "nodes") if args.nodes else [1], reps=args.reps,
+        launcher=args.launcher, point_timeout=args.point_timeout, dry_run=args.dry_run,
+        partition=args.partition, account=args.account, time=args.time,
+        slurm_launcher=args.slurm_launcher, no_chain=args.no_chain, run=spec,
+        mpirun_args=tuple(args.mpirun_arg),
+        sbatch_lines=tuple(args.sbatch_line) + tuple(sbatch_arg_line(a) for a in args.sbatch_arg),
+        before=tuple(args.before))
     return 1 if failed else 0
+
+
+def sbatch_arg_line(arg: str) -> str:
+    """`--gres=gpu:4` -> `#SBATCH --gres=gpu:4`."""
+    if not arg.startswith("-") or "\n" in arg:
+        raise HpcError(f"--sbatch-arg {arg!r} must be an sbatch option, e.g. --sbatch-arg=--gres=gpu:4")
+    return f"#SBATCH {arg}"

@@ -1,4 +1,5 @@
-"""Start an `hpc` command on N MPI ranks with mpirun, or notice that we already run inside MPI.
+"""Start an `hpc` command (`run`) or any program (`run_command`) on N MPI ranks with mpirun, or notice
+that we already run inside MPI.
 
 The parent process never initialises MPI: it builds an mpirun command line (Open MPI or MPICH,
 detected from `mpirun --version`), runs it in its own process group under a wall-clock timeout and
@@ -57,12 +58,29 @@ def find_mpiexec() -> Mpiexec:
                    "or a system MPI, or set HPC_MPIEXEC")
 
 
-def _flavour(path: str) -> str:
+@functools.lru_cache(maxsize=None)
+def _version_text(path: str) -> str:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout + out.stderr
+
+
+def version_line(path: str | None = None) -> str | None:
+    """First line of `mpirun --version` (e.g. "mpirun (Open MPI) 5.0.8"), for provenance."""
+    try:
+        text = _version_text(path or find_mpiexec().path)
+    except HpcError:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else None
+
+
+def _flavour(path: str) -> str:
+    text = _version_text(path)
+    if not text:
         return "unknown"
-    text = out.stdout + out.stderr
     if "Open MPI" in text or "OpenRTE" in text or "prterun" in text.lower():
         return "openmpi"
     if "HYDRA" in text or "MPICH" in text or "Intel" in text:
@@ -131,26 +149,54 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     child_env.setdefault("HPC_TTY", "1" if tty else "0")
     if tty:  # ranks write through mpirun's pipes: tell rich how wide the user's terminal is
         child_env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
-    try:
-        proc = subprocess.Popen(argv, stdout=log if log is not None else None, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=child_env, text=True, bufsize=1,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    except OSError as exc:
-        raise HpcError(f"cannot start {argv[0]}: {exc.strerror}") from None
+    proc = _start(argv, child_env, stdout=log, stderr=subprocess.PIPE)
     filt = _StderrFilter(log if log is not None else sys.stderr)
     reader = threading.Thread(target=filt.pump, args=(proc.stderr,), daemon=True)
     reader.start()
-    timed_out = False
+    timed_out = _wait(proc, timeout)
+    reader.join(timeout=5)
+    return LaunchResult(proc.returncode, filt.first_error, timed_out)
+
+
+def run_command(np: int, argv: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
+                env: dict[str, str] | None = None, extra: Sequence[str] = ()) -> LaunchResult:
+    """Run any program (`./a.out`, `python x.py`) on `np` ranks; its stdout and stderr both go to `log`.
+
+    Same process group, timeout and parent-death handling as `run`, but nothing is filtered: the
+    caller reads the program's own output from `log` (e.g. a figure it prints).
+    """
+    return run_argv(mpirun_argv(np, argv, extra=extra), timeout=timeout, log=log, env=env)
+
+
+def run_argv(argv: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
+             env: dict[str, str] | None = None) -> LaunchResult:
+    """Run a full launch command line (mpirun/srun ... PROGRAM) to the end or until `timeout` s."""
+    proc = _start(list(argv), dict(os.environ if env is None else env), stdout=log,
+                  stderr=subprocess.STDOUT if log is not None else None)
+    timed_out = _wait(proc, timeout)
+    return LaunchResult(proc.returncode, None, timed_out)
+
+
+def _start(argv: list[str], env: dict[str, str], stdout, stderr) -> subprocess.Popen:
+    """Start argv in a process group of its own that dies with us; HpcError if it cannot start."""
+    try:
+        return subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+                                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+    except OSError as exc:
+        raise HpcError(f"cannot start {argv[0]}: {exc.strerror}") from None
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> bool:
+    """Wait for proc; on timeout (True is returned) or Ctrl-C kill its whole process group."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        timed_out = True
         _kill_group(proc)
+        return True
     except KeyboardInterrupt:
         _kill_group(proc)
         raise
-    reader.join(timeout=5)
-    return LaunchResult(proc.returncode, filt.first_error, timed_out)
+    return False
 
 
 def _die_with_parent() -> None:

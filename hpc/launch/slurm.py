@@ -30,6 +30,8 @@ TERMINAL_STATES = frozenset({
 })
 # Template values that may be left unset: their `#SBATCH` line is then dropped.
 OPTIONAL_SBATCH = ("time", "partition", "account", "error", "output")
+# Body values that may be empty: a line holding only such a placeholder is then dropped.
+OPTIONAL_BODY = ("sbatch_lines", "before", "wrap", "mpirun_flags")
 
 
 class SbatchTemplate(string.Template):
@@ -116,7 +118,9 @@ def render(template: str, **values: object) -> str:
     Values: job_name, nodes, ntasks_per_node, command (str or argv list) are required; time,
     partition, account, output, error are optional (their #SBATCH line is dropped when unset);
     workdir (default: cwd), env (mapping -> `export K=V` lines), launcher (mpirun|srun, default
-    mpirun), mpirun (default: this venv's), mpirun_flags. Paths are made absolute.
+    mpirun), mpirun (default: this venv's), mpirun_flags (extra mpirun arguments, str or list),
+    sbatch_lines (extra `#SBATCH ...` lines), before (shell commands run before the launch; the job
+    stops if one fails), wrap (a command prefix the launch runs under). Paths are made absolute.
     """
     text = template if "\n" in template else load_template(template)
     if not SbatchTemplate(text).is_valid():
@@ -129,6 +133,9 @@ def render(template: str, **values: object) -> str:
     kept = []
     for line in text.splitlines(keepends=True):
         names = SbatchTemplate(line).get_identifiers()
+        if (len(names) == 1 and names[0] in OPTIONAL_BODY and not vals.get(names[0])
+                and line.strip() == f"${{{names[0]}}}"):
+            continue  # an empty optional block (no extra #SBATCH lines, no --before commands)
         if line.startswith("#SBATCH"):
             if any(n in OPTIONAL_SBATCH and vals.get(n) in (None, "") for n in names):
                 continue  # an optional option left unset: let Slurm's default apply
@@ -137,7 +144,8 @@ def render(template: str, **values: object) -> str:
                     raise HpcError(f"sbatch option {n}={vals[n]!r} must not contain spaces")
         kept.append(line)
     script = "".join(kept)
-    missing = sorted(n for n in SbatchTemplate(script).get_identifiers() if vals.get(n) in (None, ""))
+    missing = sorted(n for n in SbatchTemplate(script).get_identifiers()
+                     if vals.get(n) in (None, "") and n not in OPTIONAL_BODY)
     if missing:
         raise HpcError(f"sbatch template needs a value for: {', '.join(missing)}")
     return SbatchTemplate(script).substitute({k: str(v) for k, v in vals.items() if v is not None})
@@ -145,10 +153,26 @@ def render(template: str, **values: object) -> str:
 
 def _template_values(values: Mapping[str, object]) -> dict[str, object]:
     """Defaults, checks and shell quoting for `render`'s values."""
-    vals: dict[str, object] = {"launcher": "mpirun", "mpirun_flags": "--oversubscribe --bind-to none",
-                               "time": None, "partition": None, "account": None,
-                               "output": None, "error": None}
+    # No --oversubscribe/--bind-to none here: the template adds them at run time, only on nodes that
+    # get more ranks than they have cores.
+    vals: dict[str, object] = {"launcher": "mpirun", "mpirun_flags": "", "time": None, "partition": None,
+                               "account": None, "output": None, "error": None, "sbatch_lines": "",
+                               "before": "", "wrap": ""}
     vals.update(values)
+    flags = vals.get("mpirun_flags")
+    if isinstance(flags, (list, tuple)):
+        vals["mpirun_flags"] = shlex.join(str(f) for f in flags)
+    lines = vals.get("sbatch_lines")
+    if isinstance(lines, (list, tuple)):
+        lines = "\n".join(str(ln) for ln in lines)
+    for ln in str(lines or "").splitlines():
+        if not ln.startswith("#SBATCH "):
+            raise HpcError(f"extra sbatch line {ln!r} must start with '#SBATCH '")
+    vals["sbatch_lines"] = lines or ""
+    before = vals.get("before")
+    if isinstance(before, (list, tuple)):
+        before = "\n".join(_guarded(str(cmd)) for cmd in before)
+    vals["before"] = before or ""
     for key in ("nodes", "ntasks_per_node"):
         if key in values:
             try:
@@ -177,6 +201,14 @@ def _template_values(values: Mapping[str, object]) -> dict[str, object]:
         env = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())
     vals["env"] = env or "# (no extra environment)"
     return vals
+
+
+def _guarded(cmd: str) -> str:
+    """A --before command that stops the job with a clear line when it fails (a missing module...)."""
+    if "\n" in cmd or not cmd.strip():
+        raise HpcError(f"a command before the launch must be one non-empty line, got {cmd!r}")
+    msg = shlex.quote(f"hpc: error: command before the launch failed: {cmd}")
+    return f"{{ {cmd}\n}} || {{ echo {msg} >&2; exit 1; }}"
 
 
 def write_script(path: str | os.PathLike, text: str) -> Path:
@@ -402,7 +434,9 @@ def cluster_info(partition: str | None = None, *, env: Mapping[str, str] | None 
         argv += ["-p", partition]
     proc = _run(argv, env)
     if proc.returncode != 0:
-        raise HpcError(f"sinfo failed: {_first_error_line(proc)}")
+        conf = (env if env is not None else os.environ).get("SLURM_CONF") or "unset (default /etc/slurm/slurm.conf)"
+        raise HpcError(f"cannot reach a Slurm controller (is slurmctld running? SLURM_CONF={conf}): "
+                       f"sinfo: {_first_error_line(proc)}")
     nodes: dict[str, int] = {}
     parts: list[str] = []
     default = None

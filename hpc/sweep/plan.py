@@ -18,8 +18,10 @@ from typing import Any, Callable, Sequence
 
 from hpc import records
 from hpc.errors import HpcError
+from hpc.sweep.command import RunSpec
 
-WORKLOADS = {"bench": "collective", "train": "train"}
+# first word of a workload -> the kind of record it writes (`run`: any program, see hpc.sweep.command)
+WORKLOADS = {"bench": "collective", "train": "train", "run": "run"}
 MANIFEST = "sweep.json"
 
 
@@ -46,6 +48,7 @@ class Plan:
     kind: str
     points: list[Point]
     out: Path
+    run: RunSpec | None = None  # kind "run": the program and how its figure is read
 
 
 def parse_counts(text: str, what: str) -> list[int]:
@@ -70,7 +73,9 @@ def check_workload(workload: Sequence[str]) -> str:
         words = words[1:]
     if not words or words[0] not in WORKLOADS:
         raise HpcError(f"unknown workload '{' '.join(words) or '(none)'}': expected `bench collective "
-                       "...` or `train ...` after the sweep options")
+                       "...`, `train ...` or `run [--metric REGEX] -- COMMAND ...` after the sweep options")
+    if words[0] == "run":
+        return "run"  # any program: its own options are its business (it may well take --np)
     if any(w == "--np" or w.startswith("--np=") for w in words):
         raise HpcError("the workload must not contain --np: the sweep sets it per point")
     if any(w == "--json" or w.startswith("--json=") for w in words):
@@ -92,9 +97,47 @@ class SweepOptions:
     dry_run: bool = False
     partition: str | None = None
     account: str | None = None
-    time: str | None = "00:30:00"
+    time: str | None = None  # Slurm: per point; None = 00:30:00
     slurm_launcher: str = "mpirun"
     no_chain: bool = False
+    run: RunSpec | None = None  # the `run` workload, parsed (the workload words are then ignored)
+    mpirun_args: tuple[str, ...] = ()  # extra mpirun arguments (local and Slurm)
+    sbatch_lines: tuple[str, ...] = ()  # Slurm: extra `#SBATCH ...` lines
+    before: tuple[str, ...] = ()  # Slurm: shell commands run before the launch (module load ...)
+
+
+# Options that only mean something with --launcher slurm: given with local they are refused, not ignored.
+SLURM_ONLY = {"partition": "--partition", "account": "--account", "time": "--time",
+              "sbatch_lines": "--sbatch-line/--sbatch-arg", "before": "--before", "dry_run": "--dry-run",
+              "no_chain": "--no-chain"}
+# Slurm sets these itself from the point; an extra #SBATCH line must not contradict it.
+SBATCH_OWN = ("--nodes", "-N", "--ntasks", "-n", "--ntasks-per-node", "--job-name", "-J", "--output", "-o",
+              "--error", "-e", "--chdir", "-D")
+
+
+def check_options(opts: SweepOptions) -> None:
+    """Refuse options the chosen launcher would ignore, and malformed Slurm additions."""
+    if opts.launcher != "slurm":
+        given = [flag for key, flag in SLURM_ONLY.items() if getattr(opts, key)]
+        if list(opts.nodes) != [1]:
+            given.insert(0, "--nodes")
+        if opts.slurm_launcher != "mpirun":
+            given.append("--slurm-launcher")
+        if given:
+            raise HpcError(f"{', '.join(given)} only apply with --launcher slurm; the local launcher "
+                           "runs every point on this machine")
+    if opts.mpirun_args and opts.slurm_launcher != "mpirun":
+        raise HpcError("--mpirun-arg needs --slurm-launcher mpirun (srun starts the ranks itself)")
+    for line in opts.sbatch_lines:
+        words = line.split()
+        if "\n" in line or len(words) < 2 or words[0] != "#SBATCH" or not words[1].startswith("-"):
+            raise HpcError(f"--sbatch-line {line!r} must be one line like '#SBATCH --gres=gpu:4'")
+        if words[1].split("=", 1)[0] in SBATCH_OWN:
+            raise HpcError(f"--sbatch-line {line!r}: the sweep sets {words[1].split('=', 1)[0]} itself "
+                           "from --np/--nodes/--out")
+    for cmd in opts.before:
+        if not cmd.strip() or "\n" in cmd:
+            raise HpcError(f"--before {cmd!r} must be one non-empty shell command line")
 
 
 def make_plan(opts: SweepOptions, workload: Sequence[str],
@@ -103,15 +146,18 @@ def make_plan(opts: SweepOptions, workload: Sequence[str],
 
     `validate` (the CLI's parser) may reject a malformed workload before anything runs.
     """
+    check_options(opts)
     nodes = opts.nodes if opts.launcher == "slurm" else [1]
     if opts.reps < 1:
         raise HpcError("--reps must be >= 1")
     if not opts.nps or min(opts.nps) < 1:
         raise HpcError("--np needs rank counts >= 1")
-    workload = list(workload)
+    workload = opts.run.workload() if opts.run is not None else list(workload)
     kind = check_workload(workload)
     workload = workload[1:] if workload[0] == "hpc" else workload
-    if validate is not None:
+    if kind == "run" and opts.run is None:
+        raise HpcError("a run workload is given parsed: SweepOptions(run=RunSpec(command, metric=...))")
+    if validate is not None and kind != "run":
         validate(workload)
     out = Path(opts.out)
     nps, reps, scaling = opts.nps, opts.reps, opts.scaling
@@ -139,7 +185,7 @@ def make_plan(opts: SweepOptions, workload: Sequence[str],
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, manifest)
-    return Plan(sweep_id, scaling, workload, kind, points, out)
+    return Plan(sweep_id, scaling, workload, kind, points, out, opts.run)
 
 
 def point_file(plan: Plan, point: Point) -> Path:
@@ -180,6 +226,9 @@ def finish_point(plan: Plan, pt: Point, tmp: Path, bad_status: str, error: str |
     rec = records.new(plan.kind, pt.np, status=bad_status, error=error, time_s=None, times_s=[],
                       workload=plan.workload, provenance=records.provenance(None, records.command_line()))
     rec.update(point_env_fields(plan, pt))
+    if plan.run is not None:  # what analysis names a run point by, even when the job left no record
+        rec.update(name=plan.run.label, args=plan.run.args, command=list(plan.run.command), unit=plan.run.figure_unit,
+                   higher_is_better=plan.run.higher_better)
     part = final.with_name(final.name + ".part")
     part.unlink(missing_ok=True)
     records.append(part, [rec])

@@ -1,7 +1,9 @@
 """The Slurm side of `hpc sweep`: one sbatch job per point, chained, waited for, collected.
 
-Each rendered script moves its point's records into `points/` itself when the job succeeds, so a
-script submitted by hand after `--dry-run` completes the sweep directory just the same.
+Each rendered script moves its point's records into `points/` itself when the job succeeds (a `run`
+workload's script writes its record, ok or failed, through `python -m hpc.sweep.command`), so a
+script submitted by hand after `--dry-run` completes the sweep directory just the same. Jobs start in
+the directory the sweep was started from, so relative paths in the workload mean what they meant there.
 """
 
 from __future__ import annotations
@@ -11,25 +13,63 @@ import shlex
 import sys
 from pathlib import Path
 
+from hpc import records
 from hpc.launch import slurm
 from hpc.errors import HpcError
-from hpc.sweep.plan import Plan, Point, SweepOptions, attempt_file, finish_point, point_env, point_file
+from hpc.sweep.plan import (Plan, Point, SweepOptions, attempt_file, finish_point, point_env, point_env_fields,
+                            point_file)
+
+DEFAULT_TIME = "00:30:00"
 
 
 def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
     """Render and write the sbatch script of one point; return its path."""
-    final = point_file(plan, pt)
-    (plan.out / "logs").mkdir(parents=True, exist_ok=True)
-    ranks = [sys.executable, "-m", "mpi4py", "-m", "hpc", *plan.workload, "--json", str(tmp.resolve())]
-    command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final.resolve()))}"
+    final = point_file(plan, pt).resolve()
+    logs = (plan.out / "logs").resolve()
+    logs.mkdir(parents=True, exist_ok=True)
     env = dict(point_env(plan, pt))
-    env["HPC_ARGV"] = json.dumps(["hpc", *plan.workload, "--np", str(pt.np)])
+    wrap = ""
+    if plan.run is not None:
+        spec = plan.out.resolve() / "slurm" / f"{pt.id}.json"
+        _write_job_spec(spec, plan, pt, opts, final, logs / f"{pt.id}.log")
+        wrap = shlex.join([sys.executable, "-m", "hpc.sweep.command", str(spec), "--"]) + " "
+        command = shlex.join(plan.run.command)
+    else:
+        ranks = [sys.executable, "-m", "mpi4py", "-m", "hpc", *plan.workload, "--json", str(tmp.resolve())]
+        command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final))}"
+        env["HPC_ARGV"] = json.dumps(["hpc", *plan.workload, "--np", str(pt.np)])
     text = slurm.render(
         plan.scaling, job_name=f"hpc-{pt.id}", nodes=pt.nodes, ntasks_per_node=pt.np // pt.nodes,
-        time=opts.time, partition=opts.partition, account=opts.account, workdir=plan.out.resolve(),
-        output=f"logs/{pt.id}.out", error=f"logs/{pt.id}.err", env=env,
-        launcher=opts.slurm_launcher, command=command)
+        time=opts.time or DEFAULT_TIME, partition=opts.partition, account=opts.account, workdir=Path.cwd(),
+        output=str(logs / f"{pt.id}.out"), error=str(logs / f"{pt.id}.err"), env=env,
+        launcher=opts.slurm_launcher, command=command, wrap=wrap, mpirun_flags=list(opts.mpirun_args),
+        sbatch_lines=list(opts.sbatch_lines), before=list(opts.before))
     return slurm.write_script(plan.out / "slurm" / f"{pt.id}.sbatch", text)
+
+
+def _write_job_spec(path: Path, plan: Plan, pt: Point, opts: SweepOptions, final: Path, log: Path) -> None:
+    """What `python -m hpc.sweep.command` needs inside the job to time the point and write its record."""
+    assert plan.run is not None
+    job = {"run": plan.run.to_json(), "context": dict(point_env_fields(plan, pt), np=pt.np),
+           "workload": plan.workload, "argv": records.command_line(), "final": str(final), "log": str(log),
+           "timeout": opts.point_timeout}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(job, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _own_record(final: Path, job_id: str) -> dict | None:
+    """The record a `run` job wrote for itself (its provenance names this job), if it got that far."""
+    if not final.exists():
+        return None
+    try:
+        recs = records.load(final)
+    except HpcError:
+        return None
+    if recs and (recs[0].get("provenance") or {}).get("slurm_job_id") == str(job_id):
+        return recs[0]
+    return None
 
 
 def check_fits(plan: Plan, todo: list[Point], partition: str | None) -> None:
@@ -47,15 +87,17 @@ def check_fits(plan: Plan, todo: list[Point], partition: str | None) -> None:
 
 def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     """Submit (or with --dry-run only write) one job per point; wait and collect. Returns failures."""
+    from rich.markup import escape
+
     if not opts.dry_run:
         slurm.require_sbatch()
         check_fits(plan, todo, opts.partition)
     tmp_files = {pt: attempt_file(point_file(plan, pt)) for pt in todo}
     scripts = {pt: script_for(plan, pt, tmp_files[pt], opts) for pt in todo}
     if opts.dry_run:
-        con.print(f"wrote {len(scripts)} sbatch script(s); submit them with:")
+        con.print(f"wrote {len(scripts)} scripts, submit with:")
         for path in scripts.values():
-            con.print(f"  sbatch {path}", soft_wrap=True)
+            con.print(f"  sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
         return 0
     jobs: dict[str, Point] = {}
     previous = None
@@ -77,7 +119,10 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
         state = states.get(job_id)
         final = point_file(plan, pt)
         tmp = tmp_files[pt]
-        if state is not None and state.ok and final.exists():
+        own = _own_record(final, job_id) if plan.run is not None else None
+        if own is not None:
+            status, error = own.get("status", "failed"), own.get("error")
+        elif state is not None and state.ok and final.exists() and plan.run is None:
             status, error = "ok", None
         else:
             why = slurm.error_line(state) if state is not None else f"Slurm job {job_id} lost"
@@ -86,5 +131,5 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
         failed += status != "ok"
         colour = "green" if status == "ok" else "red"
         con.print(f"  np={pt.np:<3} nodes={pt.nodes} rep={pt.rep} job {job_id} [{colour}]{status}[/]"
-                  + (f"  {error}" if error else ""), soft_wrap=True)
+                  + (f"  {escape(error)}" if error else ""), soft_wrap=True)
     return failed
