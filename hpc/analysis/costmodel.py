@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from hpc.errors import HpcError
+from hpc.kernels import busbw as busbw_gbps
 
 FORMS: dict[str, str] = {
     "ring": "2(p−1)·α + 2(p−1)/p·n·β",
@@ -198,7 +199,7 @@ def predictions(fits: list[CostFit], nps: list[int], sizes: list[int]) -> list[d
             for f in fits:
                 t, ci = f.predict(p, n)
                 tt = float(t[0])
-                busbw = (n * 2.0 * (p - 1) / p / tt / 1e9) if tt > 0 else None
+                busbw = busbw_gbps(n, tt, p) if tt > 0 else None
                 rows.append({"algo": f.algo, "time_s": tt,
                              "time_ci95": [float(ci[0, 0]), float(ci[0, 1])] if ci is not None
                              else None, "busbw_GBps": busbw})

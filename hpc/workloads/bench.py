@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpc import records
+from hpc.kernels import busbw_factor
 from hpc.errors import HpcError
 from hpc.plugins.registry import Collective
 
@@ -134,7 +135,7 @@ def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig) -
         algo=coll.name, spec=coll.spec, size_bytes=nbytes, count=count, dtype=dtype.name, op=cfg.op,
         iters=iters, batches=len(batches), time_s=t, times_s=slowest.tolist(),
         lat_min_us=float(lat.min()), lat_avg_us=float(lat.mean()), lat_max_us=float(lat.max()),
-        algbw_GBps=algbw, busbw_GBps=algbw * 2 * (p - 1) / p, correct=correct,
+        algbw_GBps=algbw, busbw_GBps=algbw * busbw_factor(p), correct=correct,
         status="ok" if correct else "failed",
         error=None if correct else "result differs from the expected reduction",
     )
