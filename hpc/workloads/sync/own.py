@@ -7,7 +7,8 @@ pass), and counts the gradients still missing per bucket; a communication thread
 soon as it is complete, always in bucket order so every rank issues the same collectives. All MPI calls of a step come from
 that one thread (MPI_THREAD_SERIALIZED is enough). The allreduce works on host numpy buffers: on CPU
 they are the gradient memory itself; with `--device cuda` (or `--host-staging`) buckets are staged
-through (pinned) host buffers. `--fp16-compress` halves the bytes on the wire.
+through (pinned) host buffers. `--fp16-compress` halves the bytes on the wire (the fp16 codec of
+compression.py). hpc.torch's DistributedOptimizer drives the same engine (auto_start, passes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hpc.errors import HpcError
+from hpc.workloads.sync.compression import FP16Compressor, NoneCompressor, check_codec, wire_dtype
 from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, broadcast_params, make_optimizer
 from hpc.workloads.models import loss_fn
 
@@ -66,32 +68,36 @@ def plan_buckets(sizes: list[int], bucket_bytes: int, itemsize: int = 4) -> list
 class Wire:
     """Moves a bucket between the device gradients and the host buffer that the allreduce sees.
 
-    pack(b) -> numpy view to reduce in place (SUM); unpack(b) puts the reduced values back. The
-    gradients arrive already divided by the world size, so the sum is the average. Without staging on
-    CPU the host buffer *is* the gradient memory (no copy). With fp16 the values are cast on the
-    device, so only half the bytes travel.
+    pack(b) -> numpy view to reduce in place (SUM); unpack(b) puts the reduced values back. What
+    travels is what the codec's compress() makes of the bucket (compression.py: none or fp16, the
+    same classes hpc.torch's `Compression` names); its decompress() turns it back. Without staging on
+    CPU and without compression the host buffer *is* the gradient memory (no copy). With staging (and
+    always on CUDA) buckets go through a preallocated (pinned) host buffer of the wire dtype; the codec
+    runs on the device, so a compressed bucket crosses the bus at its compressed size.
     """
 
-    def __init__(self, flat: "torch.Tensor", fp16: bool, staging: bool) -> None:
+    def __init__(self, flat: "torch.Tensor", codec: Any = NoneCompressor, staging: bool = False) -> None:
         import torch
 
+        check_codec(codec)
         self.flat = flat
-        self.fp16, self.cuda = fp16, flat.is_cuda
+        self.codec = codec
+        self.cuda = flat.is_cuda
         self.staging = staging or self.cuda
+        self.dtype = wire_dtype(codec, flat)
+        self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
         n = flat.numel()
-        self.wire_dev = torch.empty(n, dtype=torch.float16, device=flat.device) if fp16 else flat
-        if self.staging:
-            self.host = torch.empty(n, dtype=self.wire_dev.dtype, pin_memory=self.cuda)
-        else:
-            self.host = self.wire_dev
-        self.host_np: np.ndarray = self.host.numpy()
+        self.host = torch.empty(n, dtype=self.dtype, pin_memory=self.cuda) if self.staging else None
+        self.host_np: np.ndarray | None = self.host.numpy() if self.host is not None else None
         self.stream = torch.cuda.Stream(device=flat.device) if self.cuda else None
         self.ready_events: dict[int, Any] = {}
         self.done_events: dict[int, Any] = {}
+        self._held: dict[int, tuple["torch.Tensor", Any]] = {}  # bucket -> (wire tensor, ctx)
 
     @property
-    def itemsize(self) -> int:
-        return 2 if self.fp16 else 4
+    def compressed(self) -> bool:
+        """True when fewer bytes travel than the gradients hold (e.g. fp16)."""
+        return self.itemsize < self.flat.element_size()
 
     def mark_ready(self, b: Bucket) -> None:
         """Called when a bucket's last gradient was produced: remember where the device stream is."""
@@ -103,7 +109,7 @@ class Wire:
             self.ready_events[b.index] = ev
 
     def pack(self, b: Bucket) -> np.ndarray:
-        """Device gradients of bucket b -> host wire buffer (compressed if fp16); returns the view."""
+        """Device gradients of bucket b -> host wire buffer (compressed by the codec); returns the view."""
         import torch
 
         s = slice(b.start, b.stop)
@@ -112,37 +118,44 @@ class Wire:
                 ev = self.ready_events.pop(b.index, None)
                 if ev is not None:
                     self.stream.wait_event(ev)
-                self._pack_ops(s)
+                wire = self._compress(b, s)
+                self.host[s].copy_(wire, non_blocking=True)
                 self.stream.synchronize()
-        else:
-            self._pack_ops(s)
-        return self.host_np[s]
-
-    def _pack_ops(self, s: slice) -> None:
-        if self.fp16:
-            self.wire_dev[s].copy_(self.flat[s])
+            return self.host_np[s]
+        wire = self._compress(b, s)
         if self.staging:
-            self.host[s].copy_(self.wire_dev[s], non_blocking=self.cuda)
+            self.host[s].copy_(wire)
+            return self.host_np[s]
+        return wire.numpy()
+
+    def _compress(self, b: Bucket, s: slice) -> "torch.Tensor":
+        wire, ctx = self.codec.compress(self.flat[s])
+        wire = wire.contiguous()
+        self._held[b.index] = (wire, ctx)
+        return wire
 
     def unpack(self, b: Bucket) -> None:
-        """Reduced host values of bucket b -> device gradients (a no-op on CPU without staging/fp16)."""
+        """Reduced host values of bucket b -> device gradients (a no-op on CPU without staging/codec)."""
         import torch
 
         s = slice(b.start, b.stop)
         if self.cuda:
             with torch.cuda.stream(self.stream):
-                self._unpack_ops(s)
+                self._unpack_ops(b, s)
                 ev = torch.cuda.Event()
                 ev.record(self.stream)
                 self.done_events[b.index] = ev
         else:
-            self._unpack_ops(s)
+            self._unpack_ops(b, s)
 
-    def _unpack_ops(self, s: slice) -> None:
+    def _unpack_ops(self, b: Bucket, s: slice) -> None:
+        wire, ctx = self._held.pop(b.index)
         if self.staging:
-            self.wire_dev[s].copy_(self.host[s], non_blocking=self.cuda)
-        if self.fp16:
-            self.flat[s].copy_(self.wire_dev[s])
+            wire.copy_(self.host[s], non_blocking=self.cuda)
+        out = self.codec.decompress(wire, ctx)
+        dst = self.flat[s]
+        if out.dtype != dst.dtype or out.data_ptr() != dst.data_ptr():
+            dst.copy_(out.reshape(-1))
 
     def join_device(self) -> None:
         """Make the compute stream wait for every bucket's copy back (CUDA); no-op on CPU."""
@@ -156,11 +169,21 @@ class Wire:
 
 
 class BucketEngine:
-    """Gradient buckets over a model's parameters, reduced with `allreduce` (overlapped or not)."""
+    """Gradient buckets over a model's parameters, reduced with `allreduce` (overlapped or not).
+
+    Two ways to drive it. `hpc train` calls begin() before backward and finish() after it.
+    hpc.torch's DistributedOptimizer sets `auto_start`: the hooks are always armed, a step starts at
+    the first gradient that is final, and `passes` backward passes accumulate into `p.grad` locally
+    (as torch does) before a parameter's gradient counts as final, Horovod's
+    `backward_passes_per_step`. finish() then reduces whatever is missing (a parameter that got no
+    gradient is reduced as zeros, as Horovod does) and resets the counters for the next step.
+    `average` divides by the world size on the way into the bucket (op Average); else the sum (op Sum).
+    """
 
     def __init__(self, comm: "MPI.Comm", params: list["torch.nn.Parameter"],
-                 allreduce: Callable[..., None], bucket_bytes: int, fp16: bool = False,
-                 overlap: bool = True, staging: bool = False) -> None:
+                 allreduce: Callable[..., None], bucket_bytes: int, codec: Any = NoneCompressor,
+                 overlap: bool = True, staging: bool = False, average: bool = True, passes: int = 1,
+                 auto_start: bool = False) -> None:
         import torch
         from mpi4py import MPI
 
@@ -173,6 +196,8 @@ class BucketEngine:
         devices = {p.device for p in self.params}
         if len(devices) > 1:
             raise HpcError(f"own sync needs every parameter on one device, got {sorted(map(str, devices))}")
+        if passes < 1:
+            raise HpcError(f"backward passes per step must be >= 1, got {passes}")
         self.comm = comm.Dup()  # gradient traffic never mixes with anything else on COMM_WORLD
         self.world = comm.Get_size()
         self.allreduce = allreduce
@@ -194,18 +219,22 @@ class BucketEngine:
                 self.bucket_of[id(p)] = bi
                 off += n
             self.buckets.append(Bucket(bi, start, off, len(group)))
-        self.inv = 1.0 / self.world
-        self._fired: set[int] = set()
-        self.wire = Wire(self.flat, fp16, staging)
+        self.scale = 1.0 / self.world if average else 1.0
+        self.passes = int(passes)
+        self.auto_start = auto_start
+        self.wire = Wire(self.flat, codec, staging)
         self.overlap = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        self._pending = [0] * len(self.buckets)
+        self._delay = {id(p): self.passes for p in self.params}
+        self._fired: set[int] = set()
+        self._pending = [b.n_params for b in self.buckets]
         self._ready = [threading.Event() for _ in self.buckets]
         self._done = threading.Event()
+        self._started = False
         self._error: BaseException | None = None
         self._comm_busy = 0.0
         self._jobs: queue.Queue = queue.Queue()
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
-        self._active = False
+        self._active = auto_start
         self._thread: threading.Thread | None = None
         if self.overlap:
             self._thread = threading.Thread(target=self._serve, name="hpc-grad-comm", daemon=True)
@@ -213,63 +242,114 @@ class BucketEngine:
 
     # -- per step ------------------------------------------------------------------------------------
     def begin(self) -> None:
-        """Arm the hooks for one backward pass; with overlap, queue the step for the comm thread.
+        """Arm the hooks for one backward pass (`hpc train`); with overlap, queue the step for the comm
+        thread.
 
         Gradients are set to None so autograd hands each hook a fresh tensor (no zeroing pass, no
         accumulation pass); the hook copies it, scaled, into the bucket.
         """
         for p in self.params:
             p.grad = None
-        self._fired.clear()
-        for b in self.buckets:
-            self._pending[b.index] = b.n_params
-            self._ready[b.index].clear()
+        self._active = True
+        self._start()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
         self._done.clear()
         self._comm_busy = 0.0
-        self._active = True
         if self.overlap:
             self._jobs.put("step")
 
     def _on_grad(self, param: "torch.Tensor") -> None:
-        import torch
-
         if not self._active:
             return
         key = id(param)
-        view = self.views[key]
-        if param.grad is not view:
-            torch.mul(param.grad, self.inv, out=view)  # copy into the bucket, averaged on the way
-            param.grad = view
-        self._fired.add(key)
+        left = self._delay[key] - 1
+        if left < 0:
+            raise HpcError(f"gradients were computed more than backward_passes_per_step={self.passes} "
+                           "times before step(): call optimizer.step() (or synchronize()) after every "
+                           f"{self.passes} backward pass(es), or raise backward_passes_per_step")
+        self._delay[key] = left
+        if left:
+            return  # accumulate locally (autograd adds into p.grad) until the last pass
+        self._start()
+        self._take(param)
         bi = self.bucket_of[key]
         self._pending[bi] -= 1
         if self._pending[bi] == 0:
             self.wire.mark_ready(self.buckets[bi])
             self._ready[bi].set()
 
+    def _take(self, param: "torch.Tensor") -> None:
+        """Put param's final local gradient into its bucket slot, scaled; p.grad becomes the slot."""
+        import torch
+
+        key = id(param)
+        view = self.views[key]
+        grad = param.grad
+        if grad is None:
+            view.zero_()
+        elif grad is view:  # accumulated in place into the slot (set_to_none=False, or passes > 1)
+            if self.scale != 1.0:
+                view.mul_(self.scale)
+        elif self.scale != 1.0:
+            torch.mul(grad, self.scale, out=view)  # copy into the bucket, averaged on the way
+        else:
+            view.copy_(grad)
+        param.grad = view
+        self._fired.add(key)
+
     def finish(self) -> float:
         """After backward: make sure every bucket is reduced; return the seconds spent waiting."""
         t0 = time.perf_counter()
-        self._active = False
-        if len(self._fired) < len(self.params):  # parameters that got no gradient this step: zeros
+        self._active = self.auto_start
+        if len(self._fired) < len(self.params):  # parameters with no (final) gradient: what they have
             for p in self.params:
                 if id(p) not in self._fired:
-                    view = self.views[id(p)]
-                    view.zero_()
-                    p.grad = view
+                    self._take(p)
         for b in self.buckets:  # ... and their buckets are ready now
             if not self._ready[b.index].is_set():
                 self.wire.mark_ready(b)
                 self._ready[b.index].set()
-        if self.overlap:
-            self._done.wait()
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err
-        else:
-            self._reduce_all()
-        self.wire.join_device()
+        self._start()
+        try:
+            if self.overlap:
+                self._done.wait()
+                if self._error is not None:
+                    err, self._error = self._error, None
+                    raise err
+            else:
+                self._reduce_all()
+            self.wire.join_device()
+        finally:
+            self._reset()
         return time.perf_counter() - t0
+
+    def _reset(self) -> None:
+        """Counters back to 'nothing produced yet' for the next step."""
+        for key in self._delay:
+            self._delay[key] = self.passes
+        self._fired.clear()
+        for b in self.buckets:
+            self._pending[b.index] = b.n_params
+            self._ready[b.index].clear()
+        self._started = False
+
+    @property
+    def in_step(self) -> bool:
+        """True between the first final gradient of a step and finish() (gradients in flight)."""
+        return self._started
+
+    def reset_passes(self, passes: int | None = None) -> None:
+        """Forget partial accumulation counts (optimizer.load_state_dict / set_backward_passes_per_step)."""
+        if passes is not None:
+            if passes < 1:
+                raise HpcError(f"backward passes per step must be >= 1, got {passes}")
+            self.passes = int(passes)
+        if not self._started:
+            self._reset()
 
     # -- communication -------------------------------------------------------------------------------
     def _reduce_all(self) -> None:
@@ -329,7 +409,8 @@ class OwnTrainer(Trainer):
         params = [p for p in model.parameters() if p.requires_grad]
         broadcast_params(ctx.comm, params)
         self.engine = BucketEngine(ctx.comm, params, ctx.collective.func,
-                                   int(opts.bucket_mb * (1 << 20)), fp16=opts.fp16_compress,
+                                   int(opts.bucket_mb * (1 << 20)),
+                                   codec=FP16Compressor if opts.fp16_compress else NoneCompressor,
                                    overlap=opts.overlap, staging=opts.host_staging)
         self.optimizer = make_optimizer(params, opts)
 
@@ -354,7 +435,7 @@ class OwnTrainer(Trainer):
     def summary(self) -> dict[str, Any]:
         eng = self.engine
         return {"buckets": len(eng.buckets), "bucket_mb": self.ctx.opts.bucket_mb,
-                "overlap": eng.overlap, "fp16_compress": eng.wire.fp16, "host_staging": eng.wire.staging,
+                "overlap": eng.overlap, "fp16_compress": eng.wire.compressed, "host_staging": eng.wire.staging,
                 "collective": self.ctx.collective.spec}
 
     def close(self) -> None:

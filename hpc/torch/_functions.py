@@ -1,0 +1,115 @@
+"""Start-of-training helpers with Horovod's meanings: broadcast_parameters, broadcast_optimizer_state,
+broadcast_object, allgather_object."""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from typing import TYPE_CHECKING, Any, Iterable
+
+from hpc.torch._basics import rank, state
+from hpc.torch._ops import broadcast_tensors
+
+if TYPE_CHECKING:
+    import torch
+
+
+def broadcast_parameters(params: Any, root_rank: int) -> None:
+    """Make every rank hold root's tensors: `model.state_dict()` (buffers included, as Horovod, sorted
+    by name), `model.named_parameters()` or `model.parameters()` (a list, or any iterable)."""
+    import torch
+
+    if isinstance(params, dict):
+        items = sorted(params.items())
+    elif isinstance(params, Iterable) and not isinstance(params, (str, bytes, torch.Tensor)):
+        items = [p if isinstance(p, tuple) else (None, p) for p in params]
+    else:
+        raise ValueError(f"invalid params of type: {type(params)}")
+    tensors = [t for _, t in items if torch.is_tensor(t)]
+    broadcast_tensors(tensors, root_rank)
+
+
+def broadcast_optimizer_state(optimizer: "torch.optim.Optimizer", root_rank: int, model: Any = None) -> None:
+    """Make every rank's optimizer state (tensors, scalars, hyper-parameters) equal root's.
+
+    As Horovod: a fresh optimizer's state is created first by one step on zero gradients (without
+    gradient synchronisation), so every rank has the same structure to receive into.
+    """
+    import torch
+
+    from hpc.torch._optimizer import plain_step
+
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("cannot broadcast torch.optim.LBFGS state")
+    state_dict = optimizer.state_dict()
+    if len(state_dict["state"]) == 0:
+        sparse = set()
+        if model is not None:
+            for m in model.modules():
+                if isinstance(m, torch.nn.Embedding) and m.sparse:
+                    sparse.update(id(p) for p in m.parameters())
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    p.grad = p.data.new(p.size()).zero_()
+                    if isinstance(optimizer, torch.optim.SparseAdam) or \
+                            (isinstance(optimizer, torch.optim.SGD) and id(p) in sparse):
+                        p.grad = p.grad.to_sparse()
+        plain_step(optimizer)
+        state_dict = optimizer.state_dict()
+    if len(state_dict["state"]) == 0:
+        return  # a stateless optimizer: nothing to send
+
+    tensors: list[tuple[str, "torch.Tensor"]] = []
+    scalars: dict[str, Any] = {}
+    setters: dict[str, Any] = {}
+    seen: dict[str, int] = collections.defaultdict(int)
+
+    def set_option(index: int, key: str):  # noqa: ANN202
+        return lambda v: optimizer.param_groups[index].__setitem__(key, v)
+
+    def set_state(pid: Any, key: str):  # noqa: ANN202
+        return lambda v: state_dict["state"][pid].__setitem__(key, v)
+
+    for index, group in enumerate(state_dict["param_groups"]):
+        for key, value in group.items():
+            if key != "params":
+                name = f"{key}.{index}"
+                scalars[name], setters[name] = value, set_option(index, key)
+        for pid in group["params"]:
+            if pid not in state_dict["state"]:
+                continue
+            for key, value in state_dict["state"][pid].items():
+                seen[key] += 1
+                name = f"{key}.{seen[key]}"
+                if torch.is_tensor(value):
+                    tensors.append((name, value))
+                else:
+                    scalars[name], setters[name] = value, set_state(pid, key)
+    broadcast_parameters(tensors, root_rank)
+    for name, value in broadcast_object(scalars, root_rank).items():
+        setters[name](value)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        import cloudpickle  # lambdas and local classes, as Horovod
+    except ImportError:
+        return pickle.dumps(obj)
+    buf = io.BytesIO()
+    cloudpickle.dump(obj, buf)
+    return buf.getvalue()
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set: Any = None) -> Any:
+    """Root's object on every rank (pickled; root gets its own object back)."""
+    st = state()
+    data = _dumps(obj) if rank() == root_rank else None
+    data = st.comm.bcast(data, root=root_rank)
+    return obj if rank() == root_rank else pickle.loads(data)
+
+
+def allgather_object(obj: Any, name: str | None = None, process_set: Any = None) -> list[Any]:
+    """Every rank's object, in rank order."""
+    return [pickle.loads(d) for d in state().comm.allgather(_dumps(obj))]
