@@ -49,13 +49,24 @@ def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
         sys.stdout.flush()
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise HpcError(f"{path}: cannot write records: {exc.strerror or exc}") from None
+    start = os.fstat(fd).st_size
     try:
         view = memoryview(data.encode())
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+    except OSError as exc:  # e.g. a full disk: cut the partial line so the next append starts clean
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise HpcError(f"{path}: cannot write records: {exc.strerror or exc}; "
+                       "the file holds every record written before") from None
     finally:
         os.close(fd)
 
@@ -84,8 +95,10 @@ def files(path: str | os.PathLike) -> list[Path]:
     raise HpcError(f"no such records file or directory: {p}")
 
 
-def load(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record under `path`; a torn last line (a run killed mid-write) is skipped."""
+def load(path: str | os.PathLike, warn: bool = True) -> list[dict[str, Any]]:
+    """Every record under `path`. A torn line (a run killed mid-write, a full disk; possibly with
+    a later record glued onto it) is skipped with a note on stderr, never fatal: no finished
+    record is lost because of another one's damage."""
     out: list[dict[str, Any]] = []
     for f in files(path):
         lines = f.read_text(errors="replace").splitlines()
@@ -95,12 +108,31 @@ def load(path: str | os.PathLike) -> list[dict[str, Any]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                if i == len(lines):
-                    continue
-                raise HpcError(f"{f}:{i}: not a JSON record") from None
+                recovered = _glued(line)
+                if warn:
+                    sys.stderr.write(f"hpc: note: {f}:{i}: skipped a torn record"
+                                     + (" (kept the whole one glued to it)" if recovered else "") + "\n")
+                out += recovered
+                continue
             if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
                 raise HpcError(f"{f}:{i}: not an hpc record (schema {SCHEMA} expected)")
             out.append(rec)
+    return out
+
+
+def _glued(line: str) -> list[dict[str, Any]]:
+    """The whole records in a line that starts with a torn one (`{"schema"...{"schema": ...}`)."""
+    out = []
+    start = line.find('{"schema"', 1)
+    while start > 0:
+        try:
+            rec = json.loads(line[start:])
+        except json.JSONDecodeError:
+            start = line.find('{"schema"', start + 1)
+            continue
+        if isinstance(rec, dict) and rec.get("schema") == SCHEMA:
+            out.append(rec)
+        break
     return out
 
 

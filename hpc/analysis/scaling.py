@@ -220,27 +220,42 @@ def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bo
 
 
 def load_csv(path: str | Path) -> tuple[list[float], list[float]]:
-    """(np, time_s) columns of a CSV with one row per repetition; other columns are ignored."""
+    """(np, time_s) columns of a CSV with one row per repetition; other columns are ignored.
+
+    Read with the csv module (quoted fields, a UTF-8 byte-order mark, rows with extra fields) and
+    checked value by value: a bad cell is one error line naming the row."""
     import csv
 
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HpcError(f"{path}: cannot read as UTF-8 text ({exc})") from None
     if not text.strip():
         raise HpcError(f"{path}: empty file")
-    reader = csv.DictReader(text.splitlines())
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in ("np", "time_s") if c not in cols]
+    reader = csv.reader(text.splitlines())
+    header = [c.strip().lower() for c in next(reader)]
+    missing = [c for c in ("np", "time_s") if c not in header]
     if missing:
         raise HpcError(f"{path}: missing column(s) {', '.join(missing)} (need a header np,time_s)")
+    i_np, i_t = header.index("np"), header.index("time_s")
     n, t = [], []
-    for i, row in enumerate(reader, 2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for line, row in enumerate(reader, 2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) <= max(i_np, i_t):
+            raise HpcError(f"{path}:{line}: {len(row)} field(s), expected at least {len(header)}")
+        a, b = row[i_np].strip(), row[i_t].strip()
         try:
-            n.append(float(row["np"]))
-            t.append(float(row["time_s"]))
+            nv, tv = float(a), float(b)
         except ValueError:
-            raise HpcError(f"{path}:{i}: np and time_s must be numbers, got "
-                           f"{row['np']!r}, {row['time_s']!r}") from None
+            raise HpcError(f"{path}:{line}: np and time_s must be numbers, got {a!r}, {b!r}") from None
+        if not (math.isfinite(nv) and nv == int(nv) and 1 <= nv <= 1e7):
+            raise HpcError(f"{path}:{line}: np must be a whole number of ranks >= 1, got {a!r}")
+        if not (math.isfinite(tv) and 0 < tv < 1e12):
+            raise HpcError(f"{path}:{line}: time_s must be a positive number of seconds, got {b!r}")
+        n.append(nv)
+        t.append(tv)
     if not n:
         raise HpcError(f"{path}: no data rows under the header")
     return n, t
@@ -251,7 +266,7 @@ def is_csv(path: Path) -> bool:
         return False
     if path.suffix.lower() == ".csv":
         return True
-    with path.open() as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
         head = f.readline().strip()
     return bool(head) and not head.startswith("{")
 

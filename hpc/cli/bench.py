@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import add_np_argument, options
+from hpc.cli.args import add_np_argument, float_pos, int_min, options
 from hpc.workloads import bench
 from hpc.workloads.bench import DTYPES, OPS
 
@@ -18,14 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--sizes", default="8B:64MB", help="MIN:MAX[:FACTOR] or a list (default 8B:64MB)")
     c.add_argument("--dtype", default="float32", choices=DTYPES)
     c.add_argument("--op", default="SUM", type=str.upper, choices=OPS)
-    c.add_argument("--iters", type=int, default=0, help="iterations per batch (default: by size)")
-    c.add_argument("--batches", type=int, default=5, help="timed batches per size, each kept (default 5)")
-    c.add_argument("--warmup", type=int, default=3, help="untimed calls per size (default 3)")
-    c.add_argument("--target-time", type=float, default=0.05,
+    c.add_argument("--iters", type=int_min(0), default=0, help="iterations per batch (default: by size)")
+    c.add_argument("--batches", type=int_min(1), default=5,
+                   help="timed batches per size, each kept (default 5)")
+    c.add_argument("--warmup", type=int_min(0), default=3, help="untimed calls per size (default 3)")
+    c.add_argument("--target-time", type=float_pos, default=0.05,
                    help="seconds one batch should take when --iters is not given (default 0.05)")
-    c.add_argument("--servers", type=int, default=0, help="dedicated server ranks for ps")
+    c.add_argument("--servers", type=int_min(0), default=0, help="dedicated server ranks for ps")
     c.add_argument("--no-verify", action="store_true", help="skip verifying plug-ins before timing")
-    c.add_argument("--json", metavar="FILE", help="append one record per (algo, size) to FILE")
+    c.add_argument("--json", metavar="FILE", help="append one record per (algo, size) to FILE ('-': stdout)")
+    c.add_argument("--case-timeout", type=float_pos, default=120.0, metavar="S",
+                   help="end the job when one verification case or point hangs this long (default 120)")
     add_np_argument(c, default_timeout=3600)
     c.set_defaults(func=lambda a: bench.run(options(bench.BenchConfig, a)),
                    precheck=lambda a: bench.precheck(options(bench.BenchConfig, a)))

@@ -278,6 +278,7 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
         filters = {"compression": compression, "shuffle": True}
         if compression == "gzip":
             filters["compression_opts"] = 4
+    _check_space(path, total_bytes, compression)
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.tmp-{os.getpid()}")
     t0 = time.perf_counter()
@@ -297,9 +298,9 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "command": command or "hpc.data (python API)"})
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py reports some I/O failures as RuntimeError
         raise HpcError(f"{path}: cannot write: {' '.join(str(exc).split())}") from None
-    finally:
+    finally:  # also on Ctrl-C / SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt)
         if os.path.exists(tmp):
             os.unlink(tmp)
     seconds = time.perf_counter() - t0
@@ -307,6 +308,22 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
                 for name, (shape, dtype) in layout.items()}
     return {"path": path, "kind": kind, "datasets": datasets,
             "size_bytes": os.path.getsize(path), "seconds": seconds}
+
+
+# Room left free after writing: a dataset that fills the disk takes the machine's other writers
+# (records, logs) down with it.
+RESERVE_BYTES = 256 << 20
+
+
+def _check_space(path: str, total_bytes: int, compression: str) -> None:
+    """Refuse a file that cannot fit (uncompressed size; compression only ever helps) before writing."""
+    import shutil
+
+    parent = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(parent).free
+    if compression == "none" and total_bytes + RESERVE_BYTES > free:
+        raise HpcError(f"{path}: needs {human_bytes(total_bytes)} but {parent} has {human_bytes(free)} "
+                       f"free (keeping {human_bytes(RESERVE_BYTES)} spare): fewer --samples or another disk")
 
 
 def _check_target(path: str, force: bool) -> None:
@@ -432,8 +449,9 @@ def print_inspection(info: dict[str, Any]) -> None:
 
 
 def human_bytes(n: float) -> str:
+    """Bytes in binary units (KiB = 1024 B), as everywhere in hpc."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1000 or unit == "TB":
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
+        n /= 1024
     return f"{n} B"

@@ -63,64 +63,102 @@ def cases(p: int, ops: tuple[str, ...] = ("SUM", "MAX"), quick: bool = False) ->
 
 def verify(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...] = ("SUM", "MAX"),
            quick: bool = False, sub_comms: bool = True, case_timeout: float = 120.0,
-           seed: int = 1234) -> Report:
-    """Verify `coll` on `comm` (and on sub-communicators of the first k ranks); raise on a wrong answer."""
+           seed: int = 1234, dtypes: tuple[str, ...] | None = None,
+           sizes: tuple[int, ...] = ()) -> Report:
+    """Verify `coll` on `comm` (and on sub-communicators of the first k ranks); raise on a wrong answer.
+
+    The plug-in runs on a duplicate of each communicator, so a message it leaves behind can never
+    reach another algorithm (and is reported); every case, the checks after the call included, runs
+    under a deadline, so a rank that hangs, exits or finalizes MPI ends the job instead of hanging it.
+    `dtypes`/`sizes` add the cases a run will actually use (e.g. training's bucket sizes).
+    """
     from mpi4py import MPI
 
     report = Report()
-    sizes = [comm.Get_size()]
+    counts = [comm.Get_size()]
     if sub_comms:
-        sizes += [k for k in (1, 2, 3) if k < comm.Get_size()]
-    for k in sizes:
+        counts += [k for k in (1, 2, 3) if k < comm.Get_size()]
+    for k in counts:
         sub = comm if k == comm.Get_size() else comm.Split(0 if comm.Get_rank() < k else MPI.UNDEFINED)
         if sub != MPI.COMM_NULL:
             full = k == comm.Get_size()
-            _verify_on(sub, coll, ops, quick or not full, case_timeout, seed, report)
+            _verify_on(sub, coll, ops, quick or not full, case_timeout, seed, report,
+                       dtypes if full else None, sizes if full else ())
             if sub is not comm:
                 sub.Free()
-        comm.Barrier()
+        with deadline(case_timeout, f"verifying '{coll.spec}': waiting for every rank"):
+            comm.Barrier()
         report.rank_counts.append(k)
     return report
 
 
 def _verify_on(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...], quick: bool,
-               case_timeout: float, seed: int, report: Report) -> None:
+               case_timeout: float, seed: int, report: Report, dtypes: tuple[str, ...] | None,
+               sizes: tuple[int, ...]) -> None:
+    p = comm.Get_size()
+    todo = cases(p, ops, quick)
+    seen = {(c.n, c.dtype, c.op, c.inplace) for c in todo}
+    for dt in dtypes or ():
+        for n in (*sizes, 100_003):
+            for op in ops:
+                if (n, dt, op, False) not in seen:
+                    todo.append(Case(n, dt, op, False))
+                    seen.add((n, dt, op, False))
+    pcomm = comm.Dup()  # the plug-in's own communicator: its stray messages stay there
+    try:
+        for i, case in enumerate(todo):
+            if case.op in report.refused_ops:
+                continue
+            with deadline(case_timeout, f"collective '{coll.spec}' on {p} ranks, {case}"):
+                _one_case(comm, pcomm, coll, case, seed, i, report)
+    finally:
+        pcomm.Free()
+
+
+def _one_case(comm: "MPI.Comm", pcomm: "MPI.Comm", coll: Collective, case: Case, seed: int, i: int,
+              report: Report) -> None:
     from mpi4py import MPI
 
     p, rank = comm.Get_size(), comm.Get_rank()
-    for i, case in enumerate(cases(p, ops, quick)):
-        if case.op in report.refused_ops:
-            continue
-        rng = np.random.default_rng([seed, i, rank, p])
-        x = _random(rng, case.n, case.dtype)
-        ref = np.empty_like(x)
-        op = getattr(MPI, case.op)
-        comm.Allreduce(x, ref, op)
-        send = x.copy()
-        recv = send if case.inplace else np.full_like(x, 7)
-        refused = None
-        with deadline(case_timeout, f"collective '{coll.spec}' on {p} ranks, {case}"):
-            try:
-                coll.func(comm, send, recv, op)
-            except _REFUSALS as exc:
-                if case.op == "SUM":
-                    raise HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} "
-                                   f"({case}, {p} ranks)") from None
-                refused = f"{type(exc).__name__}: {exc}"
-        refusals = comm.allgather(refused)
-        if any(refusals):
-            if not all(refusals):
-                raise HpcError(f"collective '{coll.spec}' refused op {case.op} on some ranks only "
-                               f"({case}, {p} ranks)")
-            report.refused_ops.add(case.op)
-            continue
-        problem = _compare(comm, case, x, send, recv, ref, op)
-        problems = comm.allgather(problem)
-        bad = next(((r, m) for r, m in enumerate(problems) if m), None)
-        if bad:
-            raise HpcError(f"collective '{coll.spec}' gave a wrong answer on {p} ranks, {case}: "
-                           f"rank {bad[0]}: {bad[1]}")
-        report.passed += 1
+    rng = np.random.default_rng([seed, i, rank, p])
+    x = _random(rng, case.n, case.dtype)
+    op = getattr(MPI, case.op)
+    ref = _native(comm, x, op)
+    send = x.copy()
+    recv = send if case.inplace else np.full_like(x, 7)
+    refused = None
+    try:
+        coll.func(pcomm, send, recv, op)
+    except _REFUSALS as exc:
+        if case.op == "SUM":
+            raise HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} "
+                           f"({case}, {p} ranks)") from None
+        refused = f"{type(exc).__name__}: {exc}"
+    refusals = comm.allgather(refused)
+    if any(refusals):
+        if not all(refusals):
+            raise HpcError(f"collective '{coll.spec}' refused op {case.op} on some ranks only "
+                           f"({case}, {p} ranks)")
+        report.refused_ops.add(case.op)
+        return
+    problem = _compare(comm, case, x, send, recv, ref, op)
+    pcomm.Barrier()
+    if problem is None and pcomm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG):
+        problem = "left an unreceived message behind (a stray send would corrupt the next call)"
+    problems = comm.allgather(problem)
+    bad = next(((r, m) for r, m in enumerate(problems) if m), None)
+    if bad:
+        raise HpcError(f"collective '{coll.spec}' gave a wrong answer on {p} ranks, {case}: "
+                       f"rank {bad[0]}: {bad[1]}")
+    report.passed += 1
+
+
+def _native(comm: "MPI.Comm", x: np.ndarray, op: "MPI.Op") -> np.ndarray:
+    """Native MPI_Allreduce of x; float16 (no MPI type) is reduced in float32 and rounded back."""
+    wide = x.astype(np.float32) if x.dtype == np.float16 else x
+    out = np.empty_like(wide)
+    comm.Allreduce(wide, out, op)
+    return out.astype(x.dtype, copy=False)
 
 
 def _random(rng: np.random.Generator, n: int, dtype: str) -> np.ndarray:
@@ -139,8 +177,7 @@ def _compare(comm: "MPI.Comm", case: Case, x: np.ndarray, send: np.ndarray, recv
     else:
         from mpi4py import MPI
 
-        scale = np.empty_like(x)
-        comm.Allreduce(np.abs(x), scale, MPI.SUM)
+        scale = _native(comm, np.abs(x), MPI.SUM)
         eps = np.finfo(x.dtype).eps
         tol = 4 * comm.Get_size() * eps * (scale + 1)
         wrong = np.flatnonzero(~(np.abs(recv - ref) <= tol))

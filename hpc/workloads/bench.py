@@ -41,6 +41,7 @@ class BenchConfig:
     servers: int = 0
     no_verify: bool = False
     json: str | None = None
+    case_timeout: float = 120.0
 
 
 def specs(text: str) -> list[str]:
@@ -51,12 +52,24 @@ def specs(text: str) -> list[str]:
     return out
 
 
+def sizes(cfg: BenchConfig) -> list[int]:
+    """The message sizes in bytes; each must hold a whole number of `dtype` elements."""
+    from hpc.units import format_size, parse_sizes
+
+    out = parse_sizes(cfg.sizes)
+    item = np.dtype(cfg.dtype).itemsize
+    odd = [n for n in out if n % item]
+    if odd:
+        raise HpcError(f"--sizes {format_size(odd[0])} is not a whole number of {cfg.dtype} elements "
+                       f"({item} bytes each)")
+    return out
+
+
 def precheck(cfg: BenchConfig) -> None:
     """Checks that need no MPI (the launching parent runs them before mpirun)."""
     from hpc.plugins import registry
-    from hpc.units import parse_sizes
 
-    parse_sizes(cfg.sizes)
+    sizes(cfg)
     for spec in specs(cfg.algo):
         registry.precheck(spec)
 
@@ -65,34 +78,42 @@ def run(cfg: BenchConfig) -> int:
     """On every rank: verify plug-ins, time every (size, algorithm) point interleaved, print, record."""
     from rich.progress import Progress
 
-    from hpc.comm import console, world
+    from hpc.comm import console, deadline, world
     from hpc.plugins import registry
-    from hpc.units import parse_sizes
     from hpc.plugins.verify import verify
 
     comm = world()
     p = comm.Get_size()
-    sizes = parse_sizes(cfg.sizes)
+    points = sizes(cfg)
     colls = [registry.load(s, cfg.servers if s.startswith("ps") else 0) for s in specs(cfg.algo)]
-    for coll in colls:
+    item = np.dtype(cfg.dtype).itemsize
+    for coll in colls:  # on the sizes and dtype this run will time, not only the quick matrix
         if not coll.builtin and not cfg.no_verify:
-            verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False)
+            verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False, case_timeout=cfg.case_timeout,
+                   dtypes=(cfg.dtype,), sizes=tuple(sorted({n // item for n in points})))
     out = console(comm, stderr=cfg.json == "-")  # `--json -`: stdout carries only the records
     prov = records.provenance(comm, records.command_line())
     nodes = len(prov["hosts"])
+    own = {coll.spec: comm.Dup() for coll in colls}  # a stray message cannot reach another algorithm
     rows: list[dict[str, Any]] = []
-    with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
-        task = progress.add_task("allreduce", total=len(sizes) * len(colls))
-        for nbytes in sizes:
-            for coll in colls:  # algorithms interleaved per size: the machine's noise hits all alike
-                progress.update(task, description=f"{coll.name} {nbytes} B")
-                rec = measure(comm, coll, nbytes, cfg)
-                rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
-                rows.append(rec)
-                progress.advance(task)
+    try:
+        with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
+            task = progress.add_task("allreduce", total=len(points) * len(colls))
+            for nbytes in points:
+                for coll in colls:  # algorithms interleaved per size: the machine's noise hits all alike
+                    progress.update(task, description=f"{coll.name} {nbytes} B")
+                    with deadline(cfg.case_timeout + 40 * cfg.target_time * (cfg.batches + cfg.warmup),
+                                  f"{coll.name} at {nbytes} B"):
+                        rec = measure(own[coll.spec], coll, nbytes, cfg)
+                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
+                    rows.append(rec)
+                    if comm.Get_rank() == 0 and cfg.json:  # each point kept as soon as it is measured
+                        records.append(cfg.json, [rec])
+                    progress.advance(task)
+    finally:
+        for c in own.values():
+            c.Free()
     if comm.Get_rank() == 0:
-        if cfg.json:
-            records.append(cfg.json, rows)
         out.print(table(rows, p))
         if cfg.json and cfg.json != "-":
             out.print(f"records: {cfg.json}")
