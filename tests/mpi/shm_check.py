@@ -155,9 +155,10 @@ def main() -> int:
         fails.append(f"expected {args.nodes} nodes, found {_shm.node_of(COMM).nodes}")
     count, grid_fails = grid(COMM, names)
     fails += grid_fails
-    if P > 1:
+    if P > 1 and _shm.node_of(COMM).nodes == 1:  # across nodes the inter-node step reports it (MPI error)
         for name in names:
             fails += mismatched(COMM, name)
+    if P > 1:
         fails += subcomms(names)
     fails = sorted(set(sum(COMM.allgather(fails), [])))
     if RANK == 0:

@@ -1,0 +1,272 @@
+"""Node-local machinery for `shm` and `hier`: node grouping, cached MPI-3 shared windows, flag sync.
+
+Per communicator (cached as an MPI attribute, so it is freed when the communicator is, and at exit
+before MPI finalizes) a `Node` holds:
+- `node`: the ranks that share memory with this one (`Split_type(COMM_TYPE_SHARED)`, optionally split
+  further by host name or into test "nodes", see `node_color`), `rails[j]`: the comm joining local
+  rank j of every node (for the inter-node step of `hier`);
+- a control window (rank 0's segment): one 64-byte header per local rank (arrival counter,
+  call signature) and two parities of small-message slots, one per rank;
+- a data window, grown by powers of two: R (the reduced vector, rank 0's segment) + one input slot
+  S_j per local rank.
+
+Synchronisation: every local rank counts the sync points it has reached; `arrive` publishes the new
+count in its header and waits until every peer's count is as large. The ordering argument is the one
+MPI-3 gives for the unified model: stores before `Win.Sync` are visible to a peer that has seen the
+counter and then called `Win.Sync` itself (Win.Sync is a full memory barrier, ~60 ns). Counter words
+are aligned 8-byte integers written by one rank only, so loads never see a torn value. This is one
+shared-memory flag round per sync (no MPI call, no message), against two message hops for a Barrier.
+Buffers are reused safely because every buffer written before sync t is read only between sync t and
+t+1: a rank passing sync t+1 knows every peer has finished reading what sync t published.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ._common import SLEEP_S, SPIN_S, blocks
+
+HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signature by sync parity
+SMALL_BYTES = 16 * 1024  # one-sync path up to here: every rank reduces all p slots itself
+CHUNK_BYTES = 128 * 1024  # reduce unit: p operand chunks + result stay in L2
+PAGE = 4096
+_yield = getattr(os, "sched_yield", lambda: None)
+
+
+class MismatchError(ValueError):
+    """Ranks called the kernel with different sizes, dtypes or ops (seen by every rank at once)."""
+
+
+def node_color(comm: MPI.Intracomm, shared: MPI.Intracomm) -> int:
+    """Which "node" this rank belongs to inside its shared-memory domain (0 when not split further).
+
+    HPC_HIER_GROUP=shared (default): a node is what MPI says shares memory.
+    HPC_HIER_GROUP=host: also split by MPI.Get_processor_name() -- for clusters whose nodes share one
+      machine (the local Slurm test cluster: each slurmd has its own host name, c1, c2, ...).
+    HPC_HIER_NODES=k (testing knob): also split the communicator's ranks into k contiguous groups, to
+      simulate k nodes on one machine.
+    """
+    group = os.environ.get("HPC_HIER_GROUP", "shared").strip().lower() or "shared"
+    if group not in ("shared", "host"):
+        raise ValueError(f"HPC_HIER_GROUP={group!r}: expected 'shared' or 'host'")
+    color = 0
+    if group == "host":
+        names = shared.allgather(MPI.Get_processor_name())
+        color = sorted(set(names)).index(names[shared.Get_rank()])
+    k = os.environ.get("HPC_HIER_NODES", "").strip()
+    if k:
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"HPC_HIER_NODES={k!r}: expected a positive integer")
+        k = min(int(k), comm.Get_size())
+        color = color * k + comm.Get_rank() * k // comm.Get_size()
+    return color
+
+
+def _alloc(size: int, node: MPI.Intracomm) -> tuple[MPI.Win, list]:
+    """A shared window with `size` bytes on this rank; returns it and every local rank's buffer."""
+    win = MPI.Win.Allocate_shared(size, 1, comm=node)
+    win.Lock_all(MPI.MODE_NOCHECK)  # passive epoch for the whole life of the window: Win.Sync is legal
+    return win, [win.Shared_query(j)[0] for j in range(node.Get_size())]
+
+
+def _free(win: MPI.Win | None) -> None:
+    if win is not None and win != MPI.WIN_NULL:
+        win.Unlock_all()
+        win.Free()
+
+
+class Node:
+    """Everything `shm`/`hier` keep per communicator; built collectively on first use."""
+
+    def __init__(self, comm: MPI.Intracomm) -> None:
+        self.comm = comm
+        shared = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+        color = node_color(comm, shared)
+        self.node = shared.Split(color, key=comm.Get_rank())
+        shared.Free()
+        self.rank, self.size = self.node.Get_rank(), self.node.Get_size()
+        sizes = comm.allgather(self.size if self.rank == 0 else 0)
+        self.nodes = sum(1 for s in sizes if s)
+        self.nslices = min(s for s in sizes if s)  # local ranks j < nslices have a rail
+        self.rails: list[MPI.Intracomm | None] = []
+        for j in range(self.nslices if self.nodes > 1 else 0):
+            rail = comm.Split(0 if self.rank == j else MPI.UNDEFINED, key=comm.Get_rank())
+            self.rails.append(None if rail == MPI.COMM_NULL else rail)
+        p = self.size
+        self.count = 0  # sync points passed (identical on every local rank)
+        ctl_bytes = -(-(p * HEADER_WORDS * 8 + 2 * p * SMALL_BYTES) // PAGE) * PAGE
+        self.ctl_win, bufs = _alloc(ctl_bytes if self.rank == 0 else 0, self.node)
+        self.ctl = memoryview(bufs[0]).cast("B").cast("q")
+        self.small = np.frombuffer(bufs[0], np.uint8, 2 * p * SMALL_BYTES, p * HEADER_WORDS * 8)
+        self.small = self.small.reshape(2, p, SMALL_BYTES)
+        self.me = self.rank * HEADER_WORDS
+        self.peers = [j * HEADER_WORDS for j in range(p) if j != self.rank]
+        self.data_win: MPI.Win | None = None
+        self.capacity = 0  # bytes of input per slot in the data window
+        self.plans: dict = {}
+        self.freed = False
+
+    def grow(self, nbytes: int) -> None:
+        """(Collective, after every rank agreed on nbytes.) Make the data window hold nbytes per slot."""
+        cap = 1 << max(nbytes - 1, PAGE - 1).bit_length()
+        _free(self.data_win)
+        self.data_win = None
+        self.plans = {k: v for k, v in self.plans.items() if k[-1] == "small"}
+        rbytes = cap + PAGE  # R: the reduced vector (+ room for rounding up the portions)
+        self.data_win, bufs = _alloc(cap + (rbytes if self.rank == 0 else 0), self.node)
+        self.R = np.frombuffer(bufs[0], np.uint8, cap, 0)
+        self.S = [np.frombuffer(b, np.uint8, cap, rbytes if j == 0 else 0) for j, b in enumerate(bufs)]
+        self.capacity = cap
+
+    def arrive(self, sig: int = 0) -> bool:
+        """Sync point: publish (count, sig), wait for every local peer; True if all signatures agree."""
+        self.count = t = self.count + 1
+        ctl = self.ctl
+        w = 1 + (t & 1)  # a peer may already be at sync t+1, never t+2: two signature words suffice
+        ctl[self.me + w] = sig
+        self.ctl_win.Sync()  # my data and signature before my counter
+        ctl[self.me] = t
+        for j in self.peers:
+            if ctl[j] < t:
+                _await(ctl, j, t)
+        self.ctl_win.Sync()  # peers' data after their counters
+        for j in self.peers:
+            if ctl[j + w] != sig:
+                return False
+        return True
+
+    def free(self) -> None:
+        """(Collective over the node.) Release windows and communicators; idempotent."""
+        if self.freed:
+            return
+        self.freed = True
+        _free(self.data_win)
+        _free(self.ctl_win)
+        for rail in self.rails:
+            if rail is not None:
+                rail.Free()
+        self.node.Free()
+        _LIVE.pop(id(self), None)
+
+
+def _await(ctl: memoryview, j: int, t: int) -> None:
+    """Wait for ctl[j] >= t: poll yielding the core (peers may share it), then sleep between polls."""
+    t0 = time.perf_counter()
+    while ctl[j] < t:
+        if time.perf_counter() - t0 > SPIN_S:
+            time.sleep(SLEEP_S)
+        else:
+            _yield()
+
+
+def _on_comm_free(comm: MPI.Comm, keyval: int, node: Node) -> None:
+    node.free()
+
+
+_KEYVAL = MPI.Comm.Create_keyval(delete_fn=_on_comm_free)
+_LIVE: dict[int, tuple[MPI.Comm, Node]] = {}  # creation order = the same on every rank
+
+
+def node_of(comm: MPI.Intracomm) -> Node:
+    """The cached `Node` of comm (collective on first use)."""
+    node = comm.Get_attr(_KEYVAL)
+    if node is None:
+        node = Node(comm)
+        comm.Set_attr(_KEYVAL, node)
+        _LIVE[id(node)] = (comm, node)
+    return node
+
+
+@atexit.register
+def _free_all() -> None:
+    """Free every window before MPI finalizes (registered after mpi4py's own finalizer, so it runs first)."""
+    if not MPI.Is_initialized() or MPI.Is_finalized():
+        return
+    for comm, node in list(_LIVE.values()):
+        try:
+            comm.Delete_attr(_KEYVAL)  # runs _on_comm_free
+        except MPI.Exception:
+            node.free()
+
+
+def signature(nbytes: int, dtype: np.dtype, op: MPI.Op) -> int:
+    """One int64 that differs when size, dtype or op differ (checked by every rank at the first sync)."""
+    return (nbytes << 16) | (dtype.num << 8) | (op.py2f() & 0xFF)
+
+
+def mismatch(node: Node, what: str) -> MismatchError:
+    return MismatchError(f"{what}: ranks of the node passed different buffer sizes, dtypes or ops "
+                         f"(rank {node.comm.Get_rank()} of {node.comm.Get_size()})")
+
+
+def small_plan(node: Node, n: int, dtype: np.dtype) -> tuple:
+    """Views for the one-sync path: per parity, this rank's slot and the (p, n) matrix of all slots."""
+    key = (n, dtype.str, "small")
+    plan = node.plans.get(key)
+    if plan is None:
+        nb = n * dtype.itemsize
+        mats = [node.small[q, :, :nb].view(dtype) for q in (0, 1)]
+        plan = node.plans[key] = (mats, [m[node.rank] for m in mats])
+    return plan
+
+
+def reduce_small(node: Node, send: np.ndarray, out: np.ndarray, fn: np.ufunc, sig: int, what: str) -> None:
+    """One sync: every rank publishes its input, then reduces all p slots itself (in rank order)."""
+    mats, mine = small_plan(node, send.size, send.dtype)
+    q = (node.count + 1) & 1  # parity of the sync below (see module doc for why two suffice)
+    np.copyto(mine[q], send)
+    if not node.arrive(sig):
+        raise mismatch(node, what)
+    fn.reduce(mats[q], axis=0, out=out)
+
+
+def large_plan(node: Node, n: int, dtype: np.dtype) -> tuple:
+    """Portion [lo, hi) this rank reduces, its chunks, and dtype views of R and every S_j."""
+    key = (n, dtype.str, "large")
+    plan = node.plans.get(key)
+    if plan is None:
+        p = node.size
+        off = blocks(n, p)
+        lo, hi = off[node.rank], off[node.rank + 1]
+        step = max(1, CHUNK_BYTES // dtype.itemsize)
+        chunks = [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+        nb = n * dtype.itemsize
+        R = node.R[:nb].view(dtype)
+        S = [s[:nb].view(dtype) for s in node.S]
+        plan = node.plans[key] = (lo, hi, chunks, R, S)
+    return plan
+
+
+def reduce_large(node: Node, send: np.ndarray, fn: np.ufunc, sig: int, what: str) -> np.ndarray:
+    """Two syncs: inputs into S_j; each rank reduces its 1/p portion chunk by chunk into R; returns R.
+
+    The caller reads R before its next sync (R is rewritten only after the next call's first sync).
+    """
+    nb = send.nbytes
+    if nb > node.capacity:
+        if not node.arrive(sig):  # agree on the size before the collective growth
+            raise mismatch(node, what)
+        node.grow(nb)
+    lo, hi, chunks, R, S = large_plan(node, send.size, send.dtype)
+    me = S[node.rank]
+    np.copyto(me[:lo], send[:lo])  # peers read every portion but their own... and ours we read from send
+    np.copyto(me[hi:], send[hi:])
+    if not node.arrive(sig):
+        raise mismatch(node, what)
+    srcs = [send if j == node.rank else s for j, s in enumerate(S)]
+    if len(srcs) == 1:  # a node of one rank (hier): R is its input
+        np.copyto(R, send)
+        node.arrive()
+        return R
+    first, second, rest = srcs[0], srcs[1], srcs[2:]
+    for a, b in chunks:  # the result chunk stays in cache across the p-1 passes
+        acc = R[a:b]
+        fn(first[a:b], second[a:b], out=acc)
+        for s in rest:
+            fn(acc, s[a:b], out=acc)
+    node.arrive()
+    return R
