@@ -146,6 +146,27 @@ def output_tail(output: str, n: int = TAIL_LINES) -> list[str]:
     return lines[-n:]
 
 
+_LAUNCHER_LINE = re.compile(r"^\[[\w.-]+:\d+\] |PMIX ERROR|^prterun |^mpirun |^srun: ")
+
+
+def summary_lines(output: str, n: int = ERROR_LINES) -> list[str]:
+    """The last lines that say what went wrong: the program's own, else the launcher's message.
+
+    Open MPI wraps its messages in dashed blocks and adds `[host:pid]` lines after a rank fails;
+    those would push the program's last words out of a short summary.
+    """
+    own, launcher, block = [], [], False
+    for raw in output.splitlines():
+        line = raw.replace("\x00", "").rstrip()
+        if re.fullmatch(r"\s*-{10,}\s*", line):
+            block = not block
+            continue
+        if not line.strip():
+            continue
+        (launcher if block or _LAUNCHER_LINE.search(line) else own).append(line.strip())
+    return (own or launcher)[-n:]
+
+
 def measure(spec: RunSpec, *, np: int, scaling: str, seconds: float, returncode: int | None,
             timed_out: bool, timeout: float | None, output: str) -> dict[str, Any]:
     """The figure fields of one point's record (status ok, failed or timeout, with `error`)."""
@@ -153,12 +174,12 @@ def measure(spec: RunSpec, *, np: int, scaling: str, seconds: float, returncode:
     fields: dict[str, Any] = {
         "name": spec.label, "args": spec.args, "command": list(spec.command), "metric": spec.metric,
         "figure": "metric" if spec.metric else "wall time", "unit": spec.figure_unit,
-        "higher_is_better": spec.higher_better, "wall_s": round(seconds, 6), "exit_code": returncode,
+        "higher_is_better": spec.higher_better, "wall_s": seconds, "exit_code": returncode,
         "value": None, "time_s": None, "times_s": [], "metric_line": None,
     }
 
     def bad(status: str, why: str) -> dict[str, Any]:
-        last = " | ".join(tail[-ERROR_LINES:]) or "(no output)"
+        last = " | ".join(summary_lines(output)) or "(no output)"
         return dict(fields, status=status, error=f"{why}; last output: {last}", output_tail=tail)
 
     if timed_out:
