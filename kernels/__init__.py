@@ -21,3 +21,14 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "hier": ("hpc.kernels.hier:allreduce",
              "shm reduce in each node, allreduce between nodes, shm copy-out (HPC_HIER_GROUP=shared|host)"),
 }
+
+
+def busbw_factor(p: int) -> float:
+    """Allreduce bus-bandwidth factor 2(p−1)/p (nccl-tests): each rank sends and receives that
+    many times the buffer in a bandwidth-optimal allreduce, so busbw is comparable across p."""
+    return 2.0 * (p - 1) / p if p > 0 else 0.0
+
+
+def busbw(nbytes: float, seconds: float, p: int) -> float:
+    """Bus bandwidth in GB/s (1e9 B/s) of an allreduce of `nbytes` that took `seconds` on p ranks."""
+    return nbytes / seconds / 1e9 * busbw_factor(p) if seconds > 0 else 0.0
