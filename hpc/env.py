@@ -23,6 +23,9 @@ VARIABLES: dict[str, str] = {
     "HPC_COLLECTIVE": "collective SPEC that hpc.torch reduces gradients with (user; default auto)",
     "HPC_RECORD": "records file that hpc.torch appends a train record to at shutdown (user)",
     "HPC_DEBUG": "print the full traceback of an unexpected error (user)",
+    "HPC_HIER_GROUP": "shared | host: what the hier kernel calls a node (kernels/_shm.py; user)",
+    "HPC_HIER_NODES": "k: testing knob, split ranks into k contiguous 'nodes' for hier (user)",
+    "HPC_OVERSUBSCRIBE": "1: allow more than 8 ranks per core on one machine (user)",
 }
 
 

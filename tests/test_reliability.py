@@ -152,3 +152,83 @@ def test_data_make_cleans_its_temp_file_on_sigterm(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "interrupted" in err
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- nothing left running
+
+def test_absurd_rank_counts_are_refused_before_launch():
+    line = one_error_line(hpc("bench", "collective", "--np", "1000", "--sizes", "1KiB", timeout=60))
+    assert "ranks per core" in line and "HPC_OVERSUBSCRIBE" in line
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] != "Z":
+                    out.append(pid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _ranks_of(marker: str) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read() and int(d) != os.getpid():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_hpc_leaves_no_rank_running(tmp_path, sig):
+    """A rank stuck in a plug-in (a deadlock) must die with the job when hpc is killed."""
+    marker = str(tmp_path / "stuck.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "hpc", "bench", "collective", "--algo",
+                             f"{PLUGINS / 'plain_allreduce.py'}:deadlocks", "--no-verify", "--np", "2",
+                             "--sizes", "1KiB", "--json", marker],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_ranks_of(marker)) < 3:  # mpirun + 2 ranks
+        time.sleep(0.2)
+    time.sleep(2)  # into the deadlock
+    ranks = _ranks_of(marker)
+    assert len(ranks) >= 3, "the job never started"
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(ranks):
+        time.sleep(0.2)
+    assert not _alive(ranks), f"left running after {sig.name}: {_alive(ranks)}"
+
+
+def test_killing_mpirun_itself_takes_its_ranks_down(tmp_path):
+    """kill -9 of the launcher (not of hpc): each rank's parent-death signal ends it."""
+    marker = str(tmp_path / "stuck2.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "hpc", "bench", "collective", "--algo",
+                             f"{PLUGINS / 'plain_allreduce.py'}:deadlocks", "--no-verify", "--np", "2",
+                             "--sizes", "1KiB", "--json", marker],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_ranks_of(marker)) < 3:
+        time.sleep(0.2)
+    time.sleep(2)
+    argv0 = {p: os.path.basename(open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0].decode())
+             for p in _ranks_of(marker) if p != proc.pid}
+    launcher = [p for p, a in argv0.items() if a in ("mpirun", "mpiexec", "prterun")]
+    ranks = [p for p, a in argv0.items() if a.startswith("python")]
+    assert launcher and len(ranks) == 2, argv0
+    for pid in launcher:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(ranks):
+        time.sleep(0.2)
+    assert not _alive(ranks), f"ranks left running: {_alive(ranks)}"
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0

@@ -65,8 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0 if not argv else 2
-        if getattr(args, "mpi_command", False) and args.np and not _inside_mpi():
-            return _relaunch(args, argv)
+        if getattr(args, "mpi_command", False):
+            if args.np and not _inside_mpi():
+                return _relaunch(args, argv)
+            if _inside_mpi():
+                from hpc.launch.mpirun import die_with_parent
+
+                die_with_parent(signal.SIGKILL)  # this rank ends with its launcher, whatever it runs
         return int(args.func(args) or 0)
     except HpcError as exc:
         return _fail(str(exc), exc.exit_code)

@@ -88,9 +88,25 @@ def _flavour(path: str) -> str:
     return "unknown"
 
 
+# More ranks than this many per core on one machine is almost surely a typo (a trial with --np 1000
+# on 2 cores took minutes to start and left ranks spinning); HPC_OVERSUBSCRIBE=1 allows it.
+MAX_RANKS_PER_CORE = 8
+
+
+def check_ranks(np: int) -> None:
+    """Refuse a rank count this machine cannot sensibly hold, unless asked for (inside a Slurm
+    allocation mpirun spreads over its nodes, so only the allocation limits it)."""
+    cores = os.cpu_count() or 1
+    if np > MAX_RANKS_PER_CORE * cores and env.get("HPC_OVERSUBSCRIBE") != "1" \
+            and "SLURM_JOB_ID" not in os.environ:
+        raise HpcError(f"--np {np} on a machine with {cores} cores is more than {MAX_RANKS_PER_CORE} "
+                       "ranks per core; set HPC_OVERSUBSCRIBE=1 to run it anyway")
+
+
 def mpirun_argv(np: int, command: Sequence[str], mpiexec: Mpiexec | None = None,
                 extra: Sequence[str] = ()) -> list[str]:
     """The full mpirun command line that runs `command` on `np` ranks on this machine."""
+    check_ranks(np)
     mpiexec = mpiexec or find_mpiexec()
     argv = [mpiexec.path, "-n", str(np)]
     if mpiexec.flavour == "openmpi":
@@ -181,7 +197,7 @@ def _start(argv: list[str], env: dict[str, str], stdout, stderr) -> subprocess.P
     """Start argv in a process group of its own that dies with us; HpcError if it cannot start."""
     try:
         return subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
-                                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+                                text=True, bufsize=1, start_new_session=True, preexec_fn=die_with_parent)
     except OSError as exc:
         raise HpcError(f"cannot start {argv[0]}: {exc.strerror}") from None
 
@@ -199,12 +215,14 @@ def _wait(proc: subprocess.Popen, timeout: float | None) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """Linux: mpirun gets SIGTERM when we die, so a killed `hpc` leaves no orphaned job behind."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Linux: get `sig` when our parent dies. mpirun gets SIGTERM when `hpc` dies; a rank gets
+    SIGKILL when its launcher dies (a rank stuck in a plug-in's C call never sees a TERM), so a
+    killed job leaves nothing spinning under PID 1."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
