@@ -86,6 +86,10 @@ def test_a_killed_sweep_resumes_with_every_point_exactly_once(tmp_path):
     (["--np", "0,1", "--out", "X"], ">= 1"),
     (["--np", "1,2", "--out", "X", "frobnicate"], "unknown workload"),
     (["--np", "1,2", "--out", "X", "bench", "collective", "--np", "2"], "must not contain --np"),
+    (["--np", "1,2", "--nodes", "1,2", "--out", "X", *TINY], "--nodes only apply with --launcher slurm"),
+    (["--np", "1,2", "--partition", "gpu", "--time", "1:00", "--out", "X", *TINY],
+     "--partition, --time only apply with --launcher slurm"),
+    (["--np", "1,2", "--dry-run", "--out", "X", *TINY], "--dry-run only apply with --launcher slurm"),
 ])
 def test_bad_sweep_input(tmp_path, args, words):
     args = [str(tmp_path / "o") if a == "X" else a for a in args]
@@ -107,6 +111,27 @@ def test_slurm_missing_is_a_clear_error(tmp_path):
     line = one_error_line(hpc("sweep", "strong", "--np", "1", "--launcher", "slurm", "--out",
                               str(tmp_path / "o"), *TINY, env=env))
     assert "sbatch not found" in line
+
+
+def test_slurm_dry_run_needs_no_controller(tmp_path):
+    """--dry-run writes the scripts on a machine with no Slurm at all, and says how to submit them."""
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin/nonexistent",
+           "SLURM_CONF": str(tmp_path / "no-such-slurm.conf")}
+    out = tmp_path / "o"
+    proc = hpc("sweep", "strong", "--np", "1,2,4", "--launcher", "slurm", "--dry-run", "--out", str(out), *TINY,
+               env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3 scripts, submit with:" in proc.stdout and "points ok" not in proc.stdout
+    scripts = sorted((out / "slurm").glob("*.sbatch"))
+    assert len(scripts) == 3
+    for script in scripts:
+        text = script.read_text()
+        assert f"sbatch {script}" in proc.stdout
+        # Oversubscription is decided by the script on the node, never hard-coded.
+        assert "-n \"$SLURM_NTASKS\")" in text and "--oversubscribe --bind-to none); fi" in text
+    again = hpc("sweep", "strong", "--np", "1,2,4", "--launcher", "slurm", "--dry-run", "--out", str(out), *TINY,
+                env=env)
+    assert again.returncode == 0 and "wrote 3 scripts" in again.stdout
 
 
 # ---- through a real local Slurm cluster (3 nodes) ---------------------------------------------------

@@ -95,6 +95,9 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     tmp_files = {pt: attempt_file(point_file(plan, pt)) for pt in todo}
     scripts = {pt: script_for(plan, pt, tmp_files[pt], opts) for pt in todo}
     if opts.dry_run:
+        if not scripts:
+            con.print("nothing to write: every point is done")
+            return 0
         con.print(f"wrote {len(scripts)} scripts, submit with:")
         for path in scripts.values():
             con.print(f"  sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
