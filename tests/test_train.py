@@ -51,12 +51,14 @@ def run_matrix(tmp: Path, np_: int, cases: dict[str, list[str]], timeout: int = 
 
 def reference(argv: list[str], world: int, workers: int | None = None) -> np.ndarray:
     """Single-process training on the concatenation of every data rank's batches (same code paths)."""
+    from hpc.cli.args import options
     from hpc.cli.main import build_parser
     from hpc.workloads.models import build, loss_fn
     from hpc.workloads.sync.base import TrainOptions, flat_params, make_optimizer
-    from hpc.workloads.train import data_source, plan
+    from hpc.workloads.train import TrainConfig, data_source, plan
 
     args = build_parser().parse_args(["train", *argv])
+    args = options(TrainConfig, args, model_args=tuple(args.model_args))
     pl = plan(args, world)
     workers = world if workers is None else workers
     batch = args.batch // workers if pl.scaling == "strong" else args.batch
@@ -118,6 +120,24 @@ def test_models_are_seeded() -> None:
         again = flat_params(build(ModelConfig(name=name, seed=1)).parameters())
         other = flat_params(build(ModelConfig(name=name, seed=2)).parameters())
         assert np.array_equal(one, again) and not np.array_equal(one, other)
+
+
+def test_driver_asks_scheme_facts_not_names() -> None:
+    """train.py never branches on a scheme's name: each sync module declares FACTS."""
+    import ast
+
+    from hpc.workloads import sync
+
+    src = (REPO / "hpc" / "workloads" / "train.py").read_text()
+    strings = {n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    for name in ("ps-async", "ps_async", "horovod", "ddp", "deepspeed", "own"):
+        assert name not in strings, f"train.py compares against scheme name {name!r}"
+    assert ".module" not in src and "trainer.name !=" not in src and "trainer.name ==" not in src
+    facts = {s: sync.facts(sync.resolve(s)) for s in ("ring", "ps-async", "ddp", "horovod", "deepspeed-zero3")}
+    assert facts["ring"].collective and facts["ring"].cuda and facts["ring"].lockstep
+    assert not facts["ps-async"].lockstep and facts["ps-async"].server_ranks
+    assert facts["ps-async"].data_ranks(4, 2) == 2 and facts["ring"].data_ranks(4, 2) == 4
+    assert not any(facts[s].cuda or facts[s].collective for s in ("ddp", "horovod", "deepspeed-zero3"))
 
 
 # -- every scheme on 2 ranks -----------------------------------------------------------------------

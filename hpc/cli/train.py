@@ -1,4 +1,9 @@
-"""`hpc train --sync S --model M --np N --steps K`: data-parallel training, timed per step."""
+"""`hpc train --sync S --model M --np N --steps K`: data-parallel training, timed per step.
+
+M is a built-in model or the user's factory: `package.module:factory`, `path/to/file.py:factory` or
+`torchvision:NAME`, called as `factory(**model_args)` and fed `--input-shape` float samples with
+`--classes` labels, `--vocab/--seq-len` token ids, or the samples of `--data FILE.h5`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync", default="ring", metavar="S",
                    help="ring|ps|ps-async|auto|mpi|horovod|ddp|deepspeed-zero1|2|3, or any collective "
                         "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring)")
-    p.add_argument("--model", default="mlp", help=f"one of {', '.join(MODELS)} (default mlp)")
+    p.add_argument("--model", default="mlp", metavar="SPEC",
+                   help=f"built-in ({', '.join(MODELS)}) or a factory returning a torch.nn.Module: "
+                        "package.module:factory, path/to/file.py:factory, torchvision:NAME (default mlp)")
+    p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the model factory (repeatable; int/float/true/false/none/str)")
+    p.add_argument("--input-shape", metavar="CxHxW",
+                   help="one float sample's shape, e.g. 3x32x32 or 512 (with --classes K); "
+                        "for token models give --vocab and --seq-len instead")
     p.add_argument("--steps", type=int_min(1), default=20, help="optimizer steps (default 20)")
     p.add_argument("--warmup", type=int_min(0), default=2,
                    help="first steps left out of the timing (default 2; at least one step is timed)")
@@ -52,13 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--seed", type=int, default=0, help="model init and data seed (default 0)")
     o.add_argument("--width", type=int_min(1), default=None,
                    help="mlp hidden size / cnn channels / transformer d_model (default 256/16/64)")
-    o.add_argument("--depth", type=int_min(0), default=2, help="hidden layers / conv blocks / layers (default 2)")
-    o.add_argument("--features", type=int_min(1), default=64, help="mlp input features (default 64)")
-    o.add_argument("--classes", type=int_min(2), default=10, help="classes (default 10)")
-    o.add_argument("--image", type=int_min(1), default=16, help="cnn image side (default 16, 3 channels)")
-    o.add_argument("--vocab", type=int_min(2), default=64, help="transformer vocabulary (default 64)")
-    o.add_argument("--seq-len", type=int_min(1), default=32, help="transformer context (default 32)")
-    o.add_argument("--heads", type=int_min(1), default=4, help="transformer heads (default 4)")
+    o.add_argument("--depth", type=int_min(0), default=None, help="hidden layers / conv blocks / layers (default 2)")
+    o.add_argument("--features", type=int_min(1), default=None, help="mlp input features (default 64)")
+    o.add_argument("--classes", type=int_min(2), default=None,
+                   help="classes (default 10, or the data file's)")
+    o.add_argument("--image", type=int_min(1), default=None, help="cnn/resnet image side (default 16, 3 channels)")
+    o.add_argument("--vocab", type=int_min(2), default=None,
+                   help="token vocabulary (default 64, or the data file's)")
+    o.add_argument("--seq-len", type=int_min(1), default=None,
+                   help="tokens per sample (default 32, or the data file's)")
+    o.add_argument("--heads", type=int_min(1), default=None, help="transformer heads (default 4)")
     r = p.add_argument_group("run")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     r.add_argument("--threads", type=int_min(1), default=None,
@@ -66,5 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--per-step", action="store_true", help="also print one row per step")
     r.add_argument("--save-params", metavar="FILE.npy", help="save the final flat float32 parameters (np.save; written by the first rank holding them)")
     add_np_argument(p, default_timeout=3600)
-    p.set_defaults(func=lambda a: train.run(options(train.TrainConfig, a)),
-                   precheck=lambda a: train.precheck(options(train.TrainConfig, a)))
+    p.set_defaults(func=lambda a: train.run(_config(a)), precheck=lambda a: train.precheck(_config(a)))
+
+
+def _config(args: argparse.Namespace) -> train.TrainConfig:
+    return options(train.TrainConfig, args, model_args=tuple(args.model_args or ()))

@@ -90,17 +90,9 @@ def precheck(spec: str) -> None:
     spec = spec.strip()
     if spec in builtins() or spec in entry_points():
         return
-    left, sep, attr = spec.rpartition(":")
-    if not sep:
+    if ":" not in spec:
         load(spec)  # raises the "unknown collective" error
-    if not left or not attr:
-        raise HpcError(f"bad collective spec '{spec}': expected module:func or file.py:func")
-    if left.endswith(".py") or "/" in left:
-        if not Path(left).is_file():
-            raise HpcError(f"plug-in file not found: {left} (collective '{spec}')")
-    elif importlib.util.find_spec(left.split(".")[0]) is None:
-        raise HpcError(f"cannot import '{left}' for collective '{spec}': no module named "
-                       f"'{left.split('.')[0]}'")
+    precheck_callable(spec, "collective")
 
 
 def _short_name(spec: str) -> str:
@@ -109,41 +101,74 @@ def _short_name(spec: str) -> str:
 
 
 def _resolve_target(target: str, spec: str) -> Callable:
-    """Import `module:func` or `file.py:func` and return the attribute."""
+    """Import `module:func` or `file.py:func` for collective `spec` and return the function."""
+    return resolve_callable(target, what="collective", spec=spec)
+
+
+def resolve_callable(target: str, what: str = "collective", spec: str | None = None) -> Callable:
+    """The callable that `package.module:func` or `path/to/file.py:func` names, or a one-line HpcError.
+
+    Shared by every SPEC the suite accepts (collectives, model factories): `what` names the kind in
+    error messages, `spec` is what the user typed when `target` is what it resolved to. A file is
+    imported once per process under a name derived from its path, so every rank loads the same code.
+    """
+    spec = target if spec is None else spec
     left, _, attr = target.rpartition(":")
     if not left or not attr:
-        raise HpcError(f"bad collective spec '{spec}': expected module:func or file.py:func")
+        raise HpcError(f"bad {what} spec '{spec}': expected module:func or file.py:func")
     path = Path(left)
     try:
         if left.endswith(".py") or "/" in left or path.is_file():
-            module = _import_file(path, spec)
+            module = _import_file(path, spec, what)
         else:
             module = importlib.import_module(left)
     except HpcError:
         raise
     except ModuleNotFoundError as exc:
-        raise HpcError(f"cannot import '{left}' for collective '{spec}': {exc}") from None
+        raise HpcError(f"cannot import '{left}' for {what} '{spec}': {exc}") from None
     except Exception as exc:  # the user's module raised while importing
-        raise HpcError(f"importing '{left}' for collective '{spec}' failed: "
-                       f"{type(exc).__name__}: {exc}") from None
+        raise HpcError(f"importing '{left}' for {what} '{spec}' failed: "
+                       f"{type(exc).__name__}: {_one_line(exc)}") from None
     func = getattr(module, attr, None)
     if func is None:
-        raise HpcError(f"'{left}' has no function '{attr}' (collective '{spec}')")
+        raise HpcError(f"'{left}' has no function '{attr}' ({what} '{spec}')")
     if not callable(func):
-        raise HpcError(f"'{left}:{attr}' is not a function (collective '{spec}')")
+        raise HpcError(f"'{left}:{attr}' is not a function ({what} '{spec}')")
     return func
 
 
-def _import_file(path: Path, spec: str):
+def precheck_callable(target: str, what: str = "collective", spec: str | None = None) -> None:
+    """Catch a `module:func` / `file.py:func` that cannot resolve, without importing anything
+    (the launching parent runs this: importing user code there could touch MPI before MPI_Init)."""
+    spec = target if spec is None else spec
+    left, sep, attr = target.rpartition(":")
+    if not sep or not left or not attr:
+        raise HpcError(f"bad {what} spec '{spec}': expected module:func or file.py:func")
+    if left.endswith(".py") or "/" in left:
+        if not Path(left).is_file():
+            raise HpcError(f"{_FILE_KIND.get(what, what + ' file')} not found: {left} ({what} '{spec}')")
+    elif importlib.util.find_spec(left.split(".")[0]) is None:
+        raise HpcError(f"cannot import '{left}' for {what} '{spec}': no module named "
+                       f"'{left.split('.')[0]}'")
+
+
+_FILE_KIND = {"collective": "plug-in file"}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _import_file(path: Path, spec: str, what: str = "collective"):
     if not path.is_file():
-        raise HpcError(f"plug-in file not found: {path} (collective '{spec}')")
+        raise HpcError(f"{_FILE_KIND.get(what, what + ' file')} not found: {path} ({what} '{spec}')")
     resolved = path.resolve()
     name = "hpc_plugin_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     mod_spec = importlib.util.spec_from_file_location(name, resolved)
     if mod_spec is None or mod_spec.loader is None:
-        raise HpcError(f"cannot load {path} as Python (collective '{spec}')")
+        raise HpcError(f"cannot load {path} as Python ({what} '{spec}')")
     module = importlib.util.module_from_spec(mod_spec)
     sys.modules[name] = module
     try:

@@ -1,10 +1,18 @@
 """Data-parallel training (`hpc train`) with own gradient sync or a real baseline, timed per step.
 
-Every rank builds the same model (seeded), starts from rank 0's parameters and trains on its own data
-shard (synthetic per-rank streams, or `--data FILE.h5` through ShardedLoader). Each step is split
-into data loading, compute and *exposed* communication (waiting for reductions once the local
-gradients are ready). After the last step the ranks' parameters must be bit-identical (SHA-256
-compared across ranks); rank 0 prints a breakdown table and appends a `train` record with `--json`.
+Every rank builds the same model (a built-in, a zoo architecture or the user's factory SPEC, seeded),
+starts from rank 0's parameters and buffers and trains on its own data shard (synthetic per-rank
+streams, or `--data FILE.h5` through ShardedLoader). Each step is split into data loading, compute and
+*exposed* communication (waiting for reductions once the local gradients are ready).
+
+"Identical on all ranks" after the last step means: parameters bit-identical (the sync scheme's job;
+SHA-256 compared across ranks, a mismatch is an error), and buffers identical after one untimed
+averaging of floating-point buffers over the data ranks. BatchNorm running statistics follow each
+rank's own batches under every scheme (DDP and Horovod do not sync them either, short of
+SyncBatchNorm), so they are averaged at the end as timm's `distribute_bn` does; the record says how
+many differed (`buffers_averaged`) and carries their digest (`buffer_sha256`). The driver asks each
+scheme's FACTS (lock-step, GPU, server ranks, layout) and never branches on a scheme's name. Rank 0
+prints a breakdown table and appends a `train` record with `--json`.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import numpy as np
 
 from hpc import env, records
 from hpc.errors import HpcError
-from hpc.workloads.models import ModelConfig, check_config
+from hpc.workloads.models import MODELS, ModelConfig, check_config, parse_model_args, parse_shape
 
 if TYPE_CHECKING:
     import torch
     from mpi4py import MPI
 
     from hpc.workloads.sync import Scheme
-    from hpc.workloads.sync.base import Trainer
+    from hpc.workloads.sync.base import SchemeFacts, Trainer
 
 SCALINGS = ("strong", "weak", "none")
 
@@ -36,6 +44,8 @@ class TrainConfig:
 
     sync: str = "ring"
     model: str = "mlp"
+    model_args: tuple[str, ...] | dict[str, Any] = ()   # factory keyword arguments, "key=value" each
+    input_shape: str | tuple[int, ...] | None = None  # one float sample, e.g. "3x32x32"
     steps: int = 20
     warmup: int = 2
     batch: int = 32
@@ -52,14 +62,15 @@ class TrainConfig:
     lr: float | None = None
     momentum: float = 0.0
     seed: int = 0
+    # sizes: None = not given (defaults below); a given one that contradicts --data is an error
     width: int | None = None
-    depth: int = 2
-    features: int = 64
-    classes: int = 10
-    image: int = 16
-    vocab: int = 64
-    seq_len: int = 32
-    heads: int = 4
+    depth: int | None = None
+    features: int | None = None
+    classes: int | None = None
+    image: int | None = None
+    vocab: int | None = None
+    seq_len: int | None = None
+    heads: int | None = None
     device: str = "cpu"
     threads: int | None = None
     per_step: bool = False
@@ -69,61 +80,104 @@ class TrainConfig:
 
 # -- validation (no MPI, no torch: runs in the parent before mpirun and again on every rank) ------
 
+SIZE_DEFAULTS = {"depth": 2, "features": 64, "classes": 10, "image": 16, "vocab": 64, "seq_len": 32,
+                 "heads": 4}
+WIDTH_DEFAULTS = {"mlp": 256, "cnn": 16, "transformer": 64}
+# the flags a data file can contradict: TrainConfig field -> flag
+FILE_FLAGS = {"classes": "--classes", "vocab": "--vocab", "seq_len": "--seq-len", "features": "--features",
+              "image": "--image", "input_shape": "--input-shape"}
+
+
 @dataclass
 class Plan:
-    """The checked run: scheme, model config, batch sizes, scaling."""
+    """The checked run: scheme and its facts, model config, batch sizes, scaling, flags given."""
 
     scheme: "Scheme"
     cfg: ModelConfig
     scaling: str
     servers: int
     lr: float
+    facts: "SchemeFacts" = None  # type: ignore[assignment]
+    explicit: dict[str, Any] = field(default_factory=dict)  # size flags the user set: flag -> value
+
+
+def model_config(tc: TrainConfig) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config from the flags (defaults filled in), and the size flags given explicitly."""
+    name = tc.model.strip()
+    shape = parse_shape(tc.input_shape)
+    args = parse_model_args(tc.model_args)
+    explicit = {flag: (shape if key == "input_shape" else getattr(tc, key))
+                for key, flag in FILE_FLAGS.items() if getattr(tc, key) is not None}
+    size = {k: (getattr(tc, k) if getattr(tc, k) is not None else v) for k, v in SIZE_DEFAULTS.items()}
+    spec = MODELS.get(name)
+    kw: dict[str, Any] = {}
+    if spec is not None and spec.flags:  # mlp / cnn / transformer: sized by flags
+        kw["width"] = tc.width or WIDTH_DEFAULTS.get(name, 256)
+    else:
+        for key in ("width", "depth", "heads"):
+            if getattr(tc, key) is not None:
+                raise HpcError(f"--{key} sizes the built-in mlp/cnn/transformer; give '{name}' its sizes "
+                               "with --model-arg key=value")
+    if spec is not None and shape is not None:
+        if spec.kind == "tokens":
+            raise HpcError(f"--input-shape is for float inputs; '{name}' takes token ids (--vocab, --seq-len)")
+        if spec.kind == "tabular":
+            if len(shape) != 1:
+                raise HpcError(f"model '{name}' takes 1-D samples, --input-shape {tc.input_shape} has "
+                               f"{len(shape)} dimensions")
+            if tc.features is not None and tc.features != shape[0]:
+                raise HpcError(f"--features {tc.features} contradicts --input-shape {tc.input_shape}")
+            size["features"] = shape[0]
+        else:
+            if len(shape) != 3 or shape[1] != shape[2]:
+                raise HpcError(f"model '{name}' takes square images CxHxH, got --input-shape {tc.input_shape}")
+            if tc.image is not None and tc.image != shape[1]:
+                raise HpcError(f"--image {tc.image} contradicts --input-shape {tc.input_shape}")
+            size["image"] = shape[1]
+            kw["channels"] = shape[0]
+    elif spec is None:
+        for key in ("features", "image"):
+            if getattr(tc, key) is not None:
+                raise HpcError(f"--{key} sizes the built-in mlp/cnn; give '{name}' --input-shape")
+        tokens = tc.vocab is not None or tc.seq_len is not None
+        if shape is not None and tokens:
+            raise HpcError("give --input-shape (float samples) or --vocab/--seq-len (token ids), not both")
+        kw["input_kind"] = "tensor" if shape is not None else "tokens" if tokens else None
+        kw["input_shape"] = shape
+        if kw["input_kind"] is None and not tc.data and ":" in name:
+            raise HpcError(f"model '{name}' needs its input described: --input-shape 3x32x32 (float "
+                           "samples, with --classes K), --vocab V --seq-len L (token ids), or --data FILE.h5")
+    cfg = ModelConfig(name=name, seed=tc.seed, args=args, **size, **kw)
+    check_config(cfg)
+    return cfg, explicit
 
 
 def plan(tc: TrainConfig, world: int | None) -> Plan:
     """Check every flag that can be checked without MPI or torch; same answer on every rank."""
     from hpc.workloads import sync
+    from hpc.workloads.sync.base import TrainOptions
 
     scheme = sync.resolve(tc.sync)
-    width = tc.width or {"mlp": 256, "cnn": 16, "transformer": 64}.get(tc.model, 256)
-    cfg = ModelConfig(name=tc.model, width=width, depth=tc.depth, features=tc.features,
-                      classes=tc.classes, image=tc.image, vocab=tc.vocab, seq_len=tc.seq_len,
-                      heads=tc.heads, seed=tc.seed)
-    check_config(cfg)
+    facts = sync.facts(scheme)
+    cfg, explicit = model_config(tc)
     scaling = tc.scaling or env.get("HPC_SCALING") or "none"
     if scaling not in SCALINGS:
         raise HpcError(f"unknown scaling '{scaling}' (use {', '.join(SCALINGS)})")
-    if scheme.module == "ps_async":
-        servers = 1 if tc.servers is None else tc.servers
-        from hpc.workloads.sync.ps_async import check_layout
-
-        if world is not None:
-            check_layout(world, servers)
-        elif servers < 1:
-            raise HpcError(f"ps-async needs --servers >= 1, got {servers}")
-        if tc.staleness < 0:
-            raise HpcError(f"--staleness must be >= 0, got {tc.staleness}")
-    else:
-        servers = tc.servers or 0
-        if servers and not (scheme.is_own and scheme.option == "ps"):
-            raise HpcError(f"--servers is for --sync ps or ps-async, not '{tc.sync}'")
-        if servers < 0:
-            raise HpcError(f"--servers must be >= 0, got {servers}")
-        if servers and world is not None and world < servers + 1:
-            raise HpcError(f"--sync ps with --servers {servers} needs --np >= {servers + 1}, got {world}")
-    if tc.device == "cuda" and scheme.module not in ("own", "ps_async"):
+    servers = facts.default_servers if tc.servers is None else tc.servers
+    facts.check_layout(world, TrainOptions(servers=servers, staleness=tc.staleness), tc.sync)
+    if tc.device == "cuda" and not facts.cuda:
         raise HpcError(f"--device cuda works with own sync and ps-async; '{tc.sync}' runs on cpu here")
-    if tc.host_staging and not scheme.is_own:
+    if tc.host_staging and not facts.collective:
         raise HpcError("--host-staging is an option of own sync (collective SPECs such as ring)")
     if tc.data and not os.path.isfile(tc.data):
         raise HpcError(f"{tc.data}: no such file")
     if world is not None and scaling == "strong":
-        workers = world - (servers if scheme.module == "ps_async" else 0)
+        workers = facts.data_ranks(world, servers)
         if tc.batch < workers:
             raise HpcError(f"strong scaling splits --batch {tc.batch} over {workers} ranks: "
                            "need at least one sample per rank")
     lr = tc.lr if tc.lr is not None else (1e-3 if tc.optimizer == "adam" else 0.05)
-    return Plan(scheme, cfg, scaling, servers, lr)
+    return Plan(scheme, cfg, scaling, servers, lr, facts, explicit)
 
 
 def precheck(tc: TrainConfig) -> None:
@@ -134,8 +188,12 @@ def precheck(tc: TrainConfig) -> None:
     pl = plan(tc, tc.np)
     if not sync.installed(pl.scheme):
         raise HpcError(sync.missing_message(pl.scheme))
-    if pl.scheme.is_own:
+    if pl.facts.collective:
         registry.load(pl.scheme.option, pl.servers)
+    if not pl.cfg.builtin:
+        from hpc.workloads.models import precheck_factory
+
+        precheck_factory(pl.cfg.name)
 
 
 # -- on every rank -----------------------------------------------------------------------------------
@@ -161,10 +219,11 @@ def run(tc: TrainConfig) -> int:
     p, rank = comm.Get_size(), comm.Get_rank()
     pl = plan(tc, p)                  # bad input: the same HpcError on every rank, before any collective
     sync.require(pl.scheme)             # missing/broken package: likewise
-    coll = registry.load(pl.scheme.option, pl.servers) if pl.scheme.is_own else None
+    coll = registry.load(pl.scheme.option, pl.servers) if pl.facts.collective else None
     torch = _import_torch()
     device = _device(torch, tc.device)
-    from hpc.workloads.sync.base import TrainContext, TrainOptions, local_layout
+    from hpc.workloads.sync.base import (TrainContext, TrainOptions, average_buffers, broadcast_state,
+                                        flat_buffers, local_layout)
 
     local_rank, local_size = local_layout(comm)
     torch.set_num_threads(tc.threads or _threads(local_size))
@@ -181,26 +240,32 @@ def run(tc: TrainConfig) -> int:
                         overlap=_overlap(tc.overlap, device.type, local_size),
                         host_staging=tc.host_staging,
                         servers=pl.servers, staleness=tc.staleness)
-    n_workers = p - (pl.servers if pl.scheme.module == "ps_async" else 0)
+    n_workers = pl.facts.data_ranks(p, pl.servers)
     batch = tc.batch // n_workers if pl.scaling == "strong" else tc.batch
     cfg, source = data_source(tc, pl, rank, p, n_workers, batch)
-    from hpc.workloads.models import build, n_params
+    from hpc.workloads.models import build, check_output, n_params
 
     model = build(cfg).to(device)
+    check_output(cfg, model, device)  # the output fits --classes / --vocab: same verdict on every rank
+    model.train()
+    broadcast_state(comm, model)      # parameters and buffers from rank 0, whatever the scheme
     ctx = TrainContext(comm=comm, cfg=cfg, model=model, device=device, opts=opts, collective=coll,
-                       stage=int(pl.scheme.option) if pl.scheme.module == "deepspeed" else 0,
-                       batch=batch, local_rank=local_rank, local_size=local_size)
+                       option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size)
     base = {"sync": tc.sync, "model": cfg.name, "device": device.type, "batch_per_rank": batch,
             "global_batch": batch * n_workers, "steps": tc.steps, "scaling": pl.scaling,
             "n_params": n_params(model), "optimizer": tc.optimizer, "lr": pl.lr,
+            "sample_shape": list(cfg.sample_shape()), "model_args": dict(cfg.args),
             "nodes": len(prov["hosts"]), "provenance": prov}
     try:
         trainer = sync.load(pl.scheme).make(ctx)
-        log, losses = _train(trainer, comm, source, tc.steps, device, tc.data is not None)
+        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts)
         flat = trainer.params()
-        holder = _check_identical(comm, flat, trainer)
+        averaged = average_buffers(comm, model, trainer.is_worker)  # untimed; see the module docstring
+        bufs = flat_buffers(model) if flat is not None else None
+        holder = _check_identical(comm, flat, bufs, trainer)
         summary = trainer.summary()
-        rec = _record(comm, tc, base, trainer, log, losses, flat, holder, summary, n_workers)
+        summary["buffers_averaged"] = averaged
+        rec = _record(comm, tc, base, trainer, log, losses, flat, bufs, holder, summary, n_workers, pl.facts)
         trainer.close()
     except HpcError as exc:
         if rank == 0 and tc.json:
@@ -260,7 +325,7 @@ def data_source(tc: TrainConfig, pl: Plan, rank: int, p: int, n_workers: int,
     """
     from hpc.workloads.models import SyntheticData, config_from_data
 
-    data_rank = rank - (p - n_workers)  # ps-async servers are the first ranks
+    data_rank = rank - (p - n_workers)  # server ranks (SchemeFacts.server_ranks) come first
     if not tc.data:
         return pl.cfg, (SyntheticData(pl.cfg, data_rank, batch) if data_rank >= 0 else None)
     from hpc.data.loader import ShardedLoader
@@ -269,7 +334,8 @@ def data_source(tc: TrainConfig, pl: Plan, rank: int, p: int, n_workers: int,
     loader = ShardedLoader(tc.data, max(data_rank, 0), n_workers, mode=mode, batch_size=batch,
                            samples_per_rank=None if mode == "strong" else batch * tc.steps,
                            seed=tc.seed, shuffle=True, drop_last=True, wrap=True)
-    cfg = config_from_data(pl.cfg, loader.sample_shape, loader.x_dtype, loader.attrs, None)
+    cfg = config_from_data(pl.cfg, loader.sample_shape, loader.x_dtype, loader.attrs, None,
+                           explicit=pl.explicit, source=tc.data)
     if loader.y_dtype is None:
         raise HpcError(f"{tc.data}: no label dataset 'y'")
     if len(loader) == 0:
@@ -288,7 +354,7 @@ def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "torch.device",
-           from_file: bool) -> tuple[StepLog, list[float]]:
+           facts: "SchemeFacts") -> tuple[StepLog, list[float]]:
     """Run the steps; return this rank's timings and the global mean loss per step (sync schemes)."""
     import torch
 
@@ -297,7 +363,7 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
     if not trainer.is_worker:
         trainer.run_server(steps)
         return log, losses
-    lockstep = trainer.name != "ps-async"
+    lockstep = facts.lockstep
     for s in range(steps):
         t0 = time.perf_counter()
         x, y = next(source)
@@ -321,37 +387,41 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
                 who = ", ".join(str(r) for r, ok in enumerate(bad) if not ok) or "?"
                 raise HpcError(f"non-finite loss at step {s} (rank {who}): training diverged "
                                "(lower --lr?)")
-    if not lockstep:
-        trainer.finish_worker()
+    trainer.finish_worker()
     return log, losses
 
 
-def _check_identical(comm: "MPI.Comm", flat: np.ndarray | None, trainer: "Trainer") -> int:
-    """Every rank that holds the parameters must hold the same bits; otherwise an error on all ranks.
+def _check_identical(comm: "MPI.Comm", flat: np.ndarray | None, bufs: np.ndarray | None,
+                     trainer: "Trainer") -> int:
+    """Every rank that holds the model must hold the same parameter bits and (after averaging) the same
+    buffer bits; otherwise an error on all ranks.
 
-    Returns the lowest rank that holds them (rank 0 except for ps-async, whose servers hold shards).
+    Returns the lowest rank that holds them (rank 0 unless server ranks hold only shards).
     """
     from hpc.workloads.sync.base import digest
 
-    mine = digest(flat) if flat is not None else None
+    mine = (digest(flat), digest(bufs) if bufs is not None else None) if flat is not None else None
     everyone = comm.allgather(mine)
     held = {r: d for r, d in enumerate(everyone) if d is not None}
-    if len(set(held.values())) > 1:
-        groups: dict[str, list[int]] = {}
-        for r, d in held.items():
-            groups.setdefault(d, []).append(r)
-        shown = "; ".join(f"ranks {v} have {k[:12]}" for k, v in groups.items())
-        raise HpcError(f"parameters differ across ranks after training with {trainer.name}: {shown}")
+    for i, what in enumerate(("parameters", "buffers")):
+        if len({d[i] for d in held.values()}) > 1:
+            groups: dict[str, list[int]] = {}
+            for r, d in held.items():
+                groups.setdefault(str(d[i]), []).append(r)
+            shown = "; ".join(f"ranks {v} have {k[:12]}" for k, v in groups.items())
+            raise HpcError(f"{what} differ across ranks after training with {trainer.name}: {shown}")
     return min(held)
 
 
 def _record(comm: "MPI.Comm", tc: TrainConfig, base: dict[str, Any], trainer: "Trainer",
-            log: StepLog, losses: list[float], flat: np.ndarray | None, holder: int,
-            summary: dict[str, Any], n_workers: int) -> dict[str, Any] | None:
+            log: StepLog, losses: list[float], flat: np.ndarray | None, bufs: np.ndarray | None,
+            holder: int, summary: dict[str, Any], n_workers: int,
+            facts: "SchemeFacts") -> dict[str, Any] | None:
     """Gather every rank's timings to rank 0 and build the record there (None elsewhere)."""
     from hpc.workloads.sync.base import checksum, digest
 
-    sums = comm.bcast((checksum(flat), digest(flat)) if comm.Get_rank() == holder else None, root=holder)
+    mine_sums = (checksum(flat), digest(flat), digest(bufs) if bufs is not None else None)
+    sums = comm.bcast(mine_sums if comm.Get_rank() == holder else None, root=holder)
     warm = min(tc.warmup, tc.steps - 1)
     mine = None
     if trainer.is_worker:
@@ -363,8 +433,7 @@ def _record(comm: "MPI.Comm", tc: TrainConfig, base: dict[str, Any], trainer: "T
         return None
     runs = [g for g in gathered if g is not None]
     arr = {k: np.array([g[k] for g in runs], dtype=float) for k in runs[0]}  # [rank, step]
-    lockstep = trainer.name != "ps-async"
-    if lockstep:
+    if facts.lockstep:
         step_times = arr["total"].max(axis=0)  # a synchronous step ends when its slowest rank does
         time_s = float(np.median(step_times))
         steps_per_s = 1.0 / time_s if time_s > 0 else float("inf")
@@ -383,7 +452,8 @@ def _record(comm: "MPI.Comm", tc: TrainConfig, base: dict[str, Any], trainer: "T
         time_s=time_s, times_s=step_times.tolist(), steps_per_s=steps_per_s,
         samples_per_s=steps_per_s * base["global_batch"], compute_s=med["compute"],
         comm_s=med["comm"], data_s=med["data"], comm_total_s=comm_total, loss=loss,
-        bytes_per_step=nbytes, param_checksum=sums[0], param_sha256=sums[1], warmup=warm,
+        bytes_per_step=nbytes, param_checksum=sums[0], param_sha256=sums[1], buffer_sha256=sums[2],
+        warmup=warm,
         timed_steps=int(step_times.size), workers=n_workers, **extra,
         breakdown={k: _stats(np.mean(arr[k], axis=0)) for k in ("data", "compute", "comm", "total")},
         per_step={k: np.mean(arr[k], axis=0).tolist() for k in ("data", "compute", "comm", "total")},
@@ -424,6 +494,10 @@ def _report(rec: dict[str, Any], tc: TrainConfig) -> None:
                 if rec.get("comm_total_s") else ""),
              f"loss {loss[0]:.4f} -> {loss[-1]:.4f} · parameters identical on all ranks "
              f"(sha256 {rec['param_sha256'][:12]}, sum {rec['param_checksum']:.6g})" if loss else ""]
+    if rec.get("buffer_sha256"):
+        n = rec.get("buffers_averaged", 0)
+        lines.append(f"buffers identical on all ranks (sha256 {rec['buffer_sha256'][:12]})"
+                     + (f"; {n} running-statistic buffers averaged over the data ranks at the end" if n else ""))
     if "staleness_max" in rec:
         lines.append(f"staleness: bound {rec['staleness_bound']} steps, observed max "
                      f"{rec['staleness_max']} (mean {rec['staleness_mean']:.2f}); update delay max "

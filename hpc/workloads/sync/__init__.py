@@ -1,6 +1,8 @@
 """Gradient-synchronisation schemes for `hpc train`, listed in one place.
 
-A scheme is a module here exposing `make(ctx: TrainContext) -> Trainer`. `own` serves every collective
+A scheme is a module here exposing `make(ctx: TrainContext) -> Trainer` and `FACTS` (a
+SchemeFacts: lock-step or not, GPU, server ranks, layout check) that the driver asks instead of
+naming schemes. `own` serves every collective
 SPEC (ring, ps, auto, mpi, a plug-in ...): fusion buckets reduced with that allreduce, overlapped with
 backward. The others are `ps-async` (parameter servers, bounded staleness) and the real baselines
 `horovod`, `deepspeed-zero1|2|3` and `ddp`. Nothing heavy is imported here.
@@ -109,3 +111,31 @@ def require(scheme: Scheme) -> None:
 def load(scheme: Scheme):
     """The module implementing the scheme (imports only our own code; packages load in make())."""
     return importlib.import_module(f"hpc.workloads.sync.{scheme.module}")
+
+
+def facts(scheme: Scheme):
+    """The scheme's SchemeFacts (cheap: imports our module, not its package)."""
+    found = getattr(load(scheme), "FACTS", None)
+    if found is None and scheme.is_own:
+        return _own_facts()
+    if found is None:
+        raise HpcError(f"sync module '{scheme.module}' declares no FACTS")
+    return found
+
+
+def _own_layout(world: int | None, opts, sync: str) -> None:
+    """Own sync: --servers only for the `ps` collective, and it needs servers + 1 ranks."""
+    if opts.servers and sync != "ps":
+        raise HpcError(f"--servers is for --sync ps or ps-async, not '{sync}'")
+    if opts.servers < 0:
+        raise HpcError(f"--servers must be >= 0, got {opts.servers}")
+    if opts.servers and world is not None and world < opts.servers + 1:
+        raise HpcError(f"--sync ps with --servers {opts.servers} needs --np >= {opts.servers + 1}, got {world}")
+
+
+def _own_facts():
+    """Own sync's facts. They live here because own.py (BucketEngine) is shared with hpc.torch and
+    edited there; own.py may declare FACTS itself later, which then wins."""
+    from hpc.workloads.sync.base import SchemeFacts
+
+    return SchemeFacts(cuda=True, collective=True, check_layout=_own_layout)

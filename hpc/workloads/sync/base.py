@@ -4,6 +4,10 @@ A Trainer takes one batch per `step`, does forward, backward, gradient synchroni
 optimizer update, and says how long computing and *exposed* communication (time spent waiting for
 reductions once the local gradients are ready) took. `params()` returns the full parameter vector
 (collective for schemes that shard parameters) so ranks can be compared bit for bit.
+
+Each scheme module also declares `FACTS`, a SchemeFacts: what the driver must know about it before
+and while running it (lock-step or not, GPU support, server ranks, its layout check), so the driver
+never branches on a scheme's name.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -50,7 +54,8 @@ class TrainContext:
     device: "torch.device"
     opts: TrainOptions
     collective: Any = None  # hpc.plugins.registry.Collective for `own`
-    stage: int = 0          # DeepSpeed ZeRO stage
+    option: str = ""        # the scheme's option from --sync (collective SPEC, DeepSpeed ZeRO stage)
+    stage: int = 0          # DeepSpeed ZeRO stage (kept for callers that set it; `option` wins)
     batch: int = 1          # samples per rank per step
     local_rank: int = 0
     local_size: int = 1
@@ -94,6 +99,9 @@ class Trainer:
         """Serve until the workers are done (only schemes with server ranks)."""
         raise NotImplementedError
 
+    def finish_worker(self) -> None:
+        """After a worker's last step (asynchronous schemes fetch the final parameters here)."""
+
     def params(self) -> np.ndarray | None:
         """The full flat parameter vector (float32) on this rank; None where a rank holds none."""
         return flat_params(self.ctx.model.parameters())
@@ -108,6 +116,38 @@ class Trainer:
 
     def close(self) -> None:
         """Release threads, communicators and process groups."""
+
+
+# -- what the driver knows about a scheme -----------------------------------------------------------
+
+def check_no_servers(world: int | None, opts: TrainOptions, sync: str) -> None:
+    """Layout check of schemes without parameter servers: --servers does not apply."""
+    if opts.servers:
+        raise HpcError(f"--servers is for --sync ps or ps-async, not '{sync}'")
+
+
+@dataclass(frozen=True)
+class SchemeFacts:
+    """What `hpc train`'s driver must know about a scheme, declared by the scheme's module as FACTS.
+
+    lockstep: every data rank runs step s together (a global loss per step, a synchronous step time);
+    cuda: runs with --device cuda; collective: --sync names a collective SPEC that the scheme
+    reduces with (loaded and verified before use; own-sync options such as --host-staging apply);
+    server_ranks: the first `--servers` ranks hold parameter shards and
+    read no data; default_servers: --servers when not given; check_layout(world, opts, sync): raise
+    HpcError for a world size / options it cannot run (world None = not known yet, in the parent).
+    """
+
+    lockstep: bool = True
+    cuda: bool = False
+    collective: bool = False
+    server_ranks: bool = False
+    default_servers: int = 0
+    check_layout: Callable[[int | None, TrainOptions, str], None] = check_no_servers
+
+    def data_ranks(self, world: int, servers: int) -> int:
+        """How many of `world` ranks read data and step."""
+        return world - (servers if self.server_ranks else 0)
 
 
 # -- optimizer, loss -------------------------------------------------------------------------------
@@ -160,6 +200,88 @@ def broadcast_params(comm: "MPI.Comm", params: list["torch.Tensor"], root: int =
     flat = flat_params(params)
     comm.Bcast(flat, root=root)
     set_flat_params(params, flat)
+
+
+def broadcast_state(comm: "MPI.Comm", model: "torch.nn.Module", root: int = 0) -> None:
+    """Every rank starts from rank `root`'s parameters *and* buffers (BatchNorm running statistics ...),
+    as Horovod's `broadcast_parameters(model.state_dict())`: one MPI broadcast per dtype."""
+    import torch
+
+    from hpc.comm import check_uniform
+
+    tensors = _unique(list(model.parameters()) + list(model.buffers()))
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for dtype, ts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ts])
+            raw = flat.view(torch.uint8).numpy().copy() if flat.numel() else np.zeros(0, np.uint8)
+        check_uniform(comm, raw, f"model state ({dtype})")
+        comm.Bcast(raw, root=root)
+        back = torch.from_numpy(raw).view(dtype)
+        off = 0
+        with torch.no_grad():
+            for t in ts:
+                n = t.numel()
+                t.copy_(back[off:off + n].view_as(t))
+                off += n
+
+
+def _unique(tensors: list["torch.Tensor"]) -> list["torch.Tensor"]:
+    """Tensors in order, each storage once (tied weights appear once)."""
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def flat_buffers(model: "torch.nn.Module") -> np.ndarray | None:
+    """All buffers' bytes in one uint8 vector (for digests); None when the model has no buffers."""
+    import torch
+
+    bufs = [b for b in model.buffers()]
+    if not bufs:
+        return None
+    with torch.no_grad():
+        parts = [b.detach().reshape(-1).to("cpu").contiguous().view(torch.uint8) if b.numel() else
+                 torch.zeros(0, dtype=torch.uint8) for b in bufs]
+    return torch.cat(parts).numpy()
+
+
+def average_buffers(comm: "MPI.Comm", model: "torch.nn.Module", contributes: bool) -> int:
+    """Make floating-point buffers (BatchNorm running statistics) equal on every rank: the mean over
+    the contributing (data) ranks, like timm's `distribute_bn(reduce=True)`.
+
+    During data-parallel training each rank's running statistics follow its own batches (DDP and
+    Horovod do not sync them either, short of SyncBatchNorm), so the model is "identical on all ranks"
+    only after this. The mean is taken in float64 in rank order on every rank from the same gathered
+    values, so all ranks get the same bits; buffers already equal everywhere are left untouched.
+    Collective; returns how many buffers differed and were averaged.
+    """
+    import torch
+
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    mine = [b.detach().to("cpu", torch.float64).numpy() for b in bufs] if contributes else None
+    everyone = [m for m in comm.allgather(mine) if m is not None]
+    changed = 0
+    with torch.no_grad():
+        for i, b in enumerate(bufs):
+            values = [m[i] for m in everyone]
+            if all(np.array_equal(values[0], v) for v in values[1:]):
+                if not contributes and values:
+                    b.copy_(torch.from_numpy(values[0]).view_as(b))
+                continue
+            mean = np.zeros_like(values[0])
+            for v in values:
+                mean += v
+            mean /= len(values)
+            b.copy_(torch.from_numpy(mean).view_as(b))
+            changed += 1
+    return changed
 
 
 def digest(flat: np.ndarray) -> str:

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from hpc.errors import HpcError
 from hpc.workloads.models import loss_fn
-from hpc.workloads.sync.base import (LastGradClock, StepResult, TrainContext, Trainer, apply_env,
+from hpc.workloads.sync.base import (LastGradClock, SchemeFacts, StepResult, TrainContext, Trainer, apply_env,
                            make_optimizer, torch_dist_env)
+
+FACTS = SchemeFacts()  # lock-step, CPU (gloo) here, no server ranks
 
 if TYPE_CHECKING:
     import torch

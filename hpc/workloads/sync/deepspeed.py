@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpc.workloads.models import loss_fn
-from hpc.workloads.sync.base import LastGradClock, StepResult, TrainContext, Trainer, flat_params, make_optimizer
+from hpc.workloads.sync.base import (LastGradClock, SchemeFacts, StepResult, TrainContext, Trainer,
+                                    flat_params, make_optimizer)
 from hpc.workloads.sync.ddp import ensure_process_group
+
+FACTS = SchemeFacts()  # lock-step, CPU (gloo) here, no server ranks
 
 if TYPE_CHECKING:
     import torch
@@ -74,8 +77,8 @@ class DeepSpeedTrainer(Trainer):
         ensure_process_group(ctx)  # env from MPI, free port from rank 0; DeepSpeed adopts the group
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
         self.deepspeed = deepspeed
-        self.stage = ctx.stage
-        config = ds_config(ctx.batch, ctx.comm.Get_size(), ctx.stage, int(ctx.opts.bucket_mb * (1 << 20)),
+        self.stage = int(ctx.option) if ctx.option else ctx.stage
+        config = ds_config(ctx.batch, ctx.comm.Get_size(), self.stage, int(ctx.opts.bucket_mb * (1 << 20)),
                            ctx.opts.fp16_compress)
         opt = make_optimizer(ctx.model.parameters(), ctx.opts)
         self.engine, _, _, _ = deepspeed.initialize(model=ctx.model, optimizer=opt, config=config)

@@ -12,7 +12,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpc.workloads.models import loss_fn
-from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, make_optimizer
+from hpc.workloads.sync.base import SchemeFacts, StepResult, TrainContext, Trainer, make_optimizer
+
+FACTS = SchemeFacts()  # lock-step, CPU here, no server ranks
 
 if TYPE_CHECKING:
     import torch

@@ -19,8 +19,8 @@ import numpy as np
 
 from hpc.errors import HpcError
 from hpc.workloads.models import loss_fn
-from hpc.workloads.sync.base import (StepResult, TrainContext, Trainer, broadcast_params, flat_params,
-                           make_optimizer, set_flat_params)
+from hpc.workloads.sync.base import (SchemeFacts, StepResult, TrainContext, Trainer, TrainOptions,
+                                    broadcast_params, flat_params, make_optimizer, set_flat_params)
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,20 @@ def check_layout(world: int, servers: int) -> None:
     if world < servers + 1:
         raise HpcError(f"ps-async with --servers {servers} needs --np >= {servers + 1} "
                        f"(servers + at least one worker), got {world}")
+
+
+def _check_options(world: int | None, opts: TrainOptions, sync: str) -> None:
+    """SchemeFacts.check_layout: servers and workers fit the world; the staleness bound is valid."""
+    if world is not None:
+        check_layout(world, opts.servers)
+    elif opts.servers < 1:
+        raise HpcError(f"ps-async needs --servers >= 1, got {opts.servers}")
+    if opts.staleness < 0:
+        raise HpcError(f"--staleness must be >= 0, got {opts.staleness}")
+
+
+FACTS = SchemeFacts(lockstep=False, cuda=True, server_ranks=True, default_servers=1,
+                    check_layout=_check_options)
 
 
 def _abort_error(header: np.ndarray) -> HpcError:
