@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc.launch import slurm
 from hpc.errors import HpcError
+from hpc.launch import slurm
 
 JOB_TIMEOUT_S = 120
 

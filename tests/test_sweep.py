@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 
 from hpc import records
-from tests.helpers import PLUGINS, REPO, hpc, one_error_line
+from tests.helpers import PLUGINS, hpc, one_error_line
 
 PLAIN = PLUGINS / "plain_allreduce.py"
 TINY = ["bench", "collective", "--algo", "ring,mpi", "--sizes", "4KB", "--batches", "1", "--iters", "5"]

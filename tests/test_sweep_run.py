@@ -7,7 +7,6 @@ script, and programs that fail, print no figure or hang. Kept to np 1,2 (the mac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

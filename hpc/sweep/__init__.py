@@ -5,6 +5,12 @@ the points that are not done yet; an unknown name is one clear error line.
 
     >>> from hpc.sweep import run_sweep
     >>> failed = run_sweep("strong", ["bench", "collective", "--sizes", "1MB"], nps=[1, 2], out="runs/s1")
+
+Any program (`kind: run` records; see hpc.sweep.command):
+
+    >>> from hpc.sweep.command import RunSpec
+    >>> spec = RunSpec(("./pi", "1000000"), metric=r"time: (\S+) s")
+    >>> failed = run_sweep("strong", [], nps=[1, 2], out="runs/pi", run=spec)
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ def run_sweep(scaling: str, workload: list[str], *, nps: list[int], out: str, co
               validate=None, **options) -> int:
     """Run (or resume) a sweep of `workload` (an hpc command line without --np); return failed points.
 
-    `options` are the other fields of `SweepOptions` (reps, launcher, nodes, point_timeout, ...).
+    `options` are the other fields of `SweepOptions` (reps, launcher, nodes, point_timeout, run,
+    mpirun_args, sbatch_lines, before, ...); with `run=RunSpec(...)` the workload words are ignored.
     """
     from pathlib import Path
 

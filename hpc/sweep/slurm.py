@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from hpc import records
-from hpc.launch import slurm
 from hpc.errors import HpcError
+from hpc.launch import slurm
 from hpc.sweep.plan import (Plan, Point, SweepOptions, attempt_file, finish_point, point_env, point_env_fields,
                             point_file)
 
