@@ -22,7 +22,10 @@ t+1: a rank passing sync t+1 knows every peer has finished reading what sync t p
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -34,6 +37,7 @@ HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signatur
 SMALL_BYTES = 16 * 1024  # one-sync path up to here: every rank reduces all p slots itself
 CHUNK_BYTES = 128 * 1024  # reduce unit: p operand chunks + result stay in L2
 PAGE = 4096
+BUSY_S = 50e-6  # busy-poll this long before yielding, when the node is not oversubscribed
 _yield = getattr(os, "sched_yield", lambda: None)
 
 
@@ -66,9 +70,48 @@ def node_color(comm: MPI.Intracomm, shared: MPI.Intracomm) -> int:
     return color
 
 
+_OSC_NOISE = b"OSC UCX component priority set inside component query failed"
+
+
+@contextlib.contextmanager
+def _quiet_osc_query():
+    """Drop Open MPI's "OSC UCX component priority ... query failed" line (printed by every rank at
+    every window creation when UCX is installed but unused) and pass everything else on to stderr.
+
+    The clean fix is OMPI_MCA_osc=sm (or ^ucx) in the environment before MPI_Init; a kernel cannot
+    set that, so without it fd 2 goes to a temporary file for the window creation only.
+    """
+    if os.environ.get("OMPI_MCA_osc") or "Open MPI" not in MPI.Get_library_version():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().splitlines(keepends=True)
+            keep, skip_blank = [], False
+            for line in lines:
+                if _OSC_NOISE in line:
+                    skip_blank = True
+                    continue
+                if skip_blank and not line.strip():
+                    continue
+                skip_blank = False
+                keep.append(line)
+            if keep:
+                os.write(2, b"".join(keep))
+
+
 def _alloc(size: int, node: MPI.Intracomm) -> tuple[MPI.Win, list]:
     """A shared window with `size` bytes on this rank; returns it and every local rank's buffer."""
-    win = MPI.Win.Allocate_shared(size, 1, comm=node)
+    with _quiet_osc_query():
+        win = MPI.Win.Allocate_shared(size, 1, comm=node)
     win.Lock_all(MPI.MODE_NOCHECK)  # passive epoch for the whole life of the window: Win.Sync is legal
     return win, [win.Shared_query(j)[0] for j in range(node.Get_size())]
 
@@ -89,6 +132,7 @@ class Node:
         self.node = shared.Split(color, key=comm.Get_rank())
         shared.Free()
         self.rank, self.size = self.node.Get_rank(), self.node.Get_size()
+        self.busy = self.size <= (os.cpu_count() or 1)  # every local rank can have a core
         sizes = comm.allgather(self.size if self.rank == 0 else 0)
         self.nodes = sum(1 for s in sizes if s)
         self.nslices = min(s for s in sizes if s)  # local ranks j < nslices have a rail
@@ -132,7 +176,7 @@ class Node:
         ctl[self.me] = t
         for j in self.peers:
             if ctl[j] < t:
-                _await(ctl, j, t)
+                _await(ctl, j, t, self.busy)
         self.ctl_win.Sync()  # peers' data after their counters
         for j in self.peers:
             if ctl[j + w] != sig:
@@ -153,13 +197,19 @@ class Node:
         _LIVE.pop(id(self), None)
 
 
-def _await(ctl: memoryview, j: int, t: int) -> None:
-    """Wait for ctl[j] >= t: poll yielding the core (peers may share it), then sleep between polls."""
+def _await(ctl: memoryview, j: int, t: int, busy: bool) -> None:
+    """Wait for ctl[j] >= t: poll (busy, when every local rank has a core of its own; else yielding
+    the core, which a peer may need), then sleep between polls after SPIN_S.
+
+    A yield on a core shared with other work gives the core away for a time slice (~ms): that is
+    right when a peer waits for it, and the reason busy polling comes first when ranks <= cores.
+    """
     t0 = time.perf_counter()
     while ctl[j] < t:
-        if time.perf_counter() - t0 > SPIN_S:
+        dt = time.perf_counter() - t0
+        if dt > SPIN_S:
             time.sleep(SLEEP_S)
-        else:
+        elif not busy or dt > BUSY_S:
             _yield()
 
 
