@@ -9,7 +9,7 @@ the points that are not done yet; an unknown name is one clear error line.
 Any program (`kind: run` records; see hpc.sweep.command):
 
     >>> from hpc.sweep.command import RunSpec
-    >>> spec = RunSpec(("./pi", "1000000"), metric=r"time: (\S+) s")
+    >>> spec = RunSpec(("./pi", "1000000"), metric=r"time: ([0-9.eE+-]+) s")
     >>> failed = run_sweep("strong", [], nps=[1, 2], out="runs/pi", run=spec)
 """
 
