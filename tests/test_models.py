@@ -7,6 +7,7 @@ or buffers. Parameter counts of the zoo are checked on the meta device (nothing 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,27 @@ def test_zoo_models_train_shapes() -> None:
         model = build(cfg)
         check_output(cfg, model)
         assert model.training
+
+
+def test_torchvision_spec_builds_torchvision_models_name(tmp_path: Path, monkeypatch) -> None:
+    """`torchvision:NAME` = torchvision.models.NAME(num_classes=--classes, **model_args); a stand-in
+    package here, because the real torchvision wheel does not import with this CPU torch."""
+    from hpc.workloads.models import ModelConfig, build, check_output
+
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text("from hpc.workloads.zoo import resnet18\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = ModelConfig(name="torchvision:resnet18", input_kind="tensor", input_shape=(3, 16, 16), classes=5,
+                      args=(("zero_init_residual", True),))
+    try:
+        model = build(cfg)
+    finally:  # the stand-in must not outlive this test
+        for name in ("torchvision.models", "torchvision"):
+            sys.modules.pop(name, None)
+    check_output(cfg, model)
+    assert model.fc.out_features == 5 and float(model.layer1[0].bn2.weight.detach().abs().sum()) == 0.0
 
 
 def test_parse_model_args_and_shapes() -> None:

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from hpc.workloads import sync
 
     epilog = "sync schemes:\n" + "\n".join(f"  {n:<20} {d}" for n, d in sync.names())
+    epilog += ("\n\nAfter training, parameters must be bit-identical on all ranks. Floating-point buffers\n"
+               "(BatchNorm running statistics) follow each rank's data during training, as under DDP and\n"
+               "Horovod; they are averaged over the data ranks at the end and then compared too.")
     p = sub.add_parser("train", help="train a model with own gradient sync or Horovod/DeepSpeed/DDP",
                        description=__doc__.splitlines()[0], epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
