@@ -67,6 +67,8 @@ def init(collective: str | None = None, comm: "MPI.Comm | None" = None) -> None:
     global _state
     if _state is not None:
         return
+    if collective is not None and not isinstance(collective, str):  # Horovod's init(comm) positionally
+        collective, comm = None, collective
     from hpc.env import get
 
     spec = collective or get("HPC_COLLECTIVE") or DEFAULT_COLLECTIVE
@@ -79,13 +81,13 @@ def init(collective: str | None = None, comm: "MPI.Comm | None" = None) -> None:
     from hpc.plugins import registry
     from hpc.workloads.sync.base import local_layout
 
+    _install_excepthook()  # from here on, an exception on one rank ends the job with one line
     base = comm if comm is not None else MPI.COMM_WORLD
     coll = registry.load(spec)
     lr, ls = local_layout(base)
     _state = _State(comm=base.Dup(), coll=coll, local_rank=lr, local_size=ls)
     if coll.builtin:
         _state.verified.update(("float32", "float64", "int32", "int64", "float16"))
-    _install_excepthook()
     atexit.register(_at_exit)
 
 
@@ -288,6 +290,8 @@ def _reduce_np(st: _State, arr: np.ndarray, mop: "MPI.Op", op: int, dtype: str) 
 def _install_excepthook() -> None:
     """An exception on one rank ends the whole job (no hang), with one `hpc: error:` line for HpcError."""
     previous = sys.excepthook
+    if getattr(previous, "hpc_torch", False):
+        return
 
     def hook(exc_type, exc, tb) -> None:  # noqa: ANN001
         from hpc.comm import abort, mpi_active, rank_prefix
@@ -296,7 +300,8 @@ def _install_excepthook() -> None:
             sys.stderr.write(f"hpc: error: {rank_prefix()}{exc}\n")
         else:
             previous(exc_type, exc, tb)
-        if mpi_active() and _state is not None and _state.comm.Get_size() > 1:
-            abort(1)
+        if mpi_active():
+            abort(1)  # MPI_Abort with more than one rank: the others are not left waiting
 
+    hook.hpc_torch = True  # type: ignore[attr-defined]
     sys.excepthook = hook

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from hpc.torch._basics import _State
 
-
-def write_record(st: "_State") -> None:
-    """Gather every rank's step times and append the record on rank 0 (collective; no-op without
-    HPC_RECORD)."""
+def write_record(st: Any) -> None:
+    """Gather every rank's step times (st: hpc.torch._basics._State) and append the record on rank 0
+    (collective; a no-op without HPC_RECORD)."""
     from hpc import records
     from hpc.env import get
 
