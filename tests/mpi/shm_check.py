@@ -74,15 +74,18 @@ def check(comm: MPI.Comm, name: str, n: int, dtype: str, opname: str, mode: str)
     return f"{name} p={comm.Get_size()} n={n} {dtype} {opname} {mode}: " + "; ".join(errs) if errs else None
 
 
-def grid(comm: MPI.Comm, names: list[str]) -> tuple[int, list[str]]:
+def grid(comm: MPI.Comm, names: list[str], quick: bool = False) -> tuple[int, list[str]]:
     """Sizes 0, 1, p-1, p+1, 17, 4097 (around the small path), 100003, 3 MB of float32; every dtype;
-    SUM/MAX on all sizes, MIN/PROD on small ones; out of place, same array, MPI.IN_PLACE."""
+    SUM/MAX on all sizes, MIN/PROD on small ones; out of place, same array, MPI.IN_PLACE.
+    quick: float32/int64 only, no MIN/PROD (for slow launches such as Slurm jobs)."""
     p = comm.Get_size()
     small = sorted({0, 1, max(p - 1, 0), p + 1, 17, 4097})
     count, fails = 0, []
+    dtypes = ("float32", "int64") if quick else ("float32", "float64", "int32", "int64", "float16")
     for n in small + [100_003, 786_433]:
-        for dtype in ("float32", "float64", "int32", "int64", "float16"):
-            ops = ("SUM",) if dtype == "float16" else ("SUM", "MAX", "MIN", "PROD") if n in small else ("SUM", "MAX")
+        for dtype in dtypes:
+            ops = ("SUM",) if dtype == "float16" else ("SUM", "MAX", "MIN", "PROD") if n in small and not quick \
+                else ("SUM", "MAX")
             for opname in ops:
                 for mode in ("out", "same", "IN_PLACE") if n in small or dtype == "float32" else ("out",):
                     for name in names:
@@ -148,12 +151,13 @@ def main() -> int:
     ap.add_argument("--algos", default="shm,hier,auto")
     ap.add_argument("--refuse", default="", help="kernels that must refuse this communicator")
     ap.add_argument("--nodes", type=int, default=0, help="expected number of nodes (0: do not check)")
+    ap.add_argument("--quick", action="store_true", help="fewer dtypes and ops")
     args = ap.parse_args()
     names = [a for a in args.algos.split(",") if a]
     fails = [f for name in filter(None, args.refuse.split(",")) for f in refused(name)]
     if P > 1 and args.nodes and _shm.node_of(COMM).nodes != args.nodes:
         fails.append(f"expected {args.nodes} nodes, found {_shm.node_of(COMM).nodes}")
-    count, grid_fails = grid(COMM, names)
+    count, grid_fails = grid(COMM, names, args.quick)
     fails += grid_fails
     if P > 1 and _shm.node_of(COMM).nodes == 1:  # across nodes the inter-node step reports it (MPI error)
         for name in names:
