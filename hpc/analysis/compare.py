@@ -26,6 +26,7 @@ METRICS = {  # name -> (record field, higher is better, unit)
     "time": ("time_s", False, "s"),
     "busbw": ("busbw_GBps", True, "GB/s"),
     "throughput": ("samples_per_s", True, "samples/s"),
+    "figure": ("value", True, ""),  # `hpc sweep ... run --higher-better`: the program's own throughput
 }
 ALPHA = 0.05
 MIN_REPS = 3
@@ -53,7 +54,7 @@ def choose_metric(recs: list[dict[str, Any]], metric: str = "auto") -> str:
     """auto: busbw for multi-rank collectives, throughput for training, time otherwise."""
     if metric != "auto":
         if metric not in METRICS:
-            raise HpcError(f"unknown metric {metric!r}: use auto, time, busbw or throughput")
+            raise HpcError(f"unknown metric {metric!r}: use auto, {', '.join(METRICS)}")
         return metric
     r = recs[0]
     if r.get("kind") == "collective" and int(r.get("np") or 1) > 1 and \
@@ -62,6 +63,9 @@ def choose_metric(recs: list[dict[str, Any]], metric: str = "auto") -> str:
     if r.get("kind") == "train" and all(isinstance(x.get("samples_per_s"), (int, float)) and
                                         x["samples_per_s"] > 0 for x in recs):
         return "throughput"
+    if r.get("kind") == "run" and all(x.get("higher_is_better") and isinstance(x.get("value"), (int, float))
+                                      and x["value"] > 0 for x in recs):
+        return "figure"
     return "time"
 
 
@@ -181,6 +185,7 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
 
     m = choose_metric(ra + rb, metric)
     field, higher, unit = METRICS[m]
+    unit = unit or str(ra[0].get("unit") or "")
     row = {"kind": key[1], "name": key[0], "np": key[2], "variant": key[3],
            "label": _label(key), "point": _point(key), "metric": m, "field": field, "unit": unit,
            "higher_is_better": higher, "relative_to": None}
@@ -357,6 +362,7 @@ def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
             continue
         m = choose_metric([r for rs in by.values() for r in rs], metric)
         field, higher, unit = METRICS[m]
+        unit = unit or str(next(iter(by.values()))[0].get("unit") or "")
         stats_by = {}
         for name, recs in by.items():
             vals = samples(recs, m) if len(recs) == 1 else [float(r[field]) for r in recs]

@@ -77,7 +77,7 @@ def failures_table(records: list[dict[str, Any]]):
     tab = Table("Failed or timed-out points", ["kind", "algo/sync", "np", "size/model", "rep",
                                                "status", "error"])
     for r in bad[:50]:
-        tab.add(r.get("kind"), r.get("algo") or r.get("sync"), r.get("np"), record_variant(r), r.get("rep"),
+        tab.add(r.get("kind"), r.get("algo") or r.get("sync") or r.get("name"), r.get("np"), record_variant(r), r.get("rep"),
                 r.get("status"), str(r.get("error") or "")[:160])
     if len(bad) > 50:
         tab.notes.append(f"{len(bad) - 50} more not shown")

@@ -106,7 +106,6 @@ def check_ranks(np: int) -> None:
 def mpirun_argv(np: int, command: Sequence[str], mpiexec: Mpiexec | None = None,
                 extra: Sequence[str] = ()) -> list[str]:
     """The full mpirun command line that runs `command` on `np` ranks on this machine."""
-    check_ranks(np)
     mpiexec = mpiexec or find_mpiexec()
     argv = [mpiexec.path, "-n", str(np)]
     if mpiexec.flavour == "openmpi":
@@ -155,6 +154,7 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     stdout goes to `log` (or ours); stderr is filtered: only the first `hpc: error:` line of the
     ranks is kept, and Open MPI's MPI_ABORT banners are dropped once a rank has said what went wrong.
     """
+    check_ranks(np)
     argv = mpirun_argv(np, hpc_command(args), extra=extra)
     child_env = dict(os.environ if env is None else env)
     child_env["HPC_INSIDE_MPI"] = "1"
@@ -181,6 +181,7 @@ def run_command(np: int, argv: Sequence[str], timeout: float | None = None, log:
     Same process group, timeout and parent-death handling as `run`, but nothing is filtered: the
     caller reads the program's own output from `log` (e.g. a figure it prints).
     """
+    check_ranks(np)
     return run_argv(mpirun_argv(np, argv, extra=extra), timeout=timeout, log=log, env=env)
 
 
