@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -161,3 +163,18 @@ def test_ddp_comm_hook_equals_plain_ddp(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = np.load(out)
     np.testing.assert_allclose(got["hooked"], got["plain"], rtol=1e-5, atol=1e-6)
+
+
+# -- srun ------------------------------------------------------------------------------------------
+
+def test_same_script_under_srun(slurm_cluster, reference, tmp_path: Path) -> None:
+    """`srun --mpi=pmix -N 2 -n 2 python script.py` on the local Slurm cluster: the same answer."""
+    script, out = hpc_copy(tmp_path), tmp_path / "srun.npz"
+    proc = subprocess.run(["srun", "--mpi=pmix", "-N", "2", "-n", "2", "--time", "5", sys.executable,
+                           str(script), "--variants", "none", "--steps", str(STEPS), "--global-batch",
+                           str(GLOBAL_BATCH), "--out", str(out)], capture_output=True, text=True,
+                          timeout=400, env={**os.environ, **slurm_cluster.env, **ENV}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if slurm_cluster.own_hostnames:
+        assert "local 0/1" in proc.stdout  # one rank per node: local_rank/local_size from the node split
+    np.testing.assert_allclose(np.load(out)["none_params"], reference[0], rtol=1e-5, atol=1e-6)
