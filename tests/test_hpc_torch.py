@@ -155,14 +155,26 @@ def test_wrong_plugin_is_refused_before_training(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and not (tmp_path / "w.npz").exists()
 
 
+def test_unknown_collective_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(hpc_copy(tmp_path))], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **ENV, "HPC_COLLECTIVE": "no_such_algo"})
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpc: error: unknown collective 'no_such_algo'"), proc.stderr
+
+
 # -- DDP communication hook ------------------------------------------------------------------------
 
 def test_ddp_comm_hook_equals_plain_ddp(tmp_path: Path) -> None:
+    """comm_hook("ring") gives plain DDP's parameters; a plug-in with fp16 compression comes close."""
     out = tmp_path / "ddp.npz"
-    proc = mpirun(2, sys.executable, str(SCRIPTS / "ddp_hook.py"), "ring", str(out), timeout=420, env=ENV)
+    plugin = f"{PLUGINS / 'plain_allreduce.py'}:allreduce"
+    proc = mpirun(2, sys.executable, str(SCRIPTS / "ddp_hook.py"), "ring", str(out), plugin, timeout=420,
+                  env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = np.load(out)
     np.testing.assert_allclose(got["hooked"], got["plain"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["hooked_fp16"], got["plain"], **close("fp16"))
 
 
 # -- srun ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """DDP on gloo, trained once plainly and once with hpc.torch.comm_hook(SPEC); rank 0 saves both.
 
-Usage: mpirun -n 2 python ddp_hook.py SPEC OUT.npz [fp16]
+Usage: mpirun -n 2 python ddp_hook.py SPEC OUT.npz [FP16_SPEC]
+With FP16_SPEC, a third run uses comm_hook(FP16_SPEC, compression=Compression.fp16).
 """
 
 import os
@@ -37,14 +38,15 @@ def train(hook):
 
 def main():
     spec, out = sys.argv[1], sys.argv[2]
-    compression = hpc.torch.Compression.fp16 if sys.argv[3:] == ["fp16"] else hpc.torch.Compression.none
     comm = MPI.COMM_WORLD
     os.environ.update(torch_dist_env(comm, *local_layout(comm)))
     dist.init_process_group("gloo")
     plain = train(None)
-    hooked = train(hpc.torch.comm_hook(spec, compression=compression))
+    results = {"plain": plain, "hooked": train(hpc.torch.comm_hook(spec))}
+    if sys.argv[3:]:
+        results["hooked_fp16"] = train(hpc.torch.comm_hook(sys.argv[3], compression=hpc.torch.Compression.fp16))
     if dist.get_rank() == 0:
-        np.savez(out, plain=plain, hooked=hooked)
+        np.savez(out, **results)
     dist.destroy_process_group()
 
 
