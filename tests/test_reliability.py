@@ -232,3 +232,33 @@ def test_killing_mpirun_itself_takes_its_ranks_down(tmp_path):
     assert not _alive(ranks), f"ranks left running: {_alive(ranks)}"
     proc.communicate(timeout=60)
     assert proc.returncode != 0
+
+
+# ---------------------------------------------------------------- training: no wrong answer as success
+
+@pytest.mark.parametrize("func,extra", [("wrong_above_1mib", []), ("wrong_in_float16", ["--fp16-compress"])])
+def test_training_verifies_the_buckets_and_dtypes_it_uses(func, extra):
+    line = one_error_line(hpc("train", "--np", "2", "--sync", f"{HOSTILE}:{func}", "--model", "mlp",
+                              "--width", "1024", "--features", "512", "--steps", "2", *extra, timeout=300))
+    assert "wrong answer" in line, line
+
+
+@pytest.mark.parametrize("y,msg", [
+    ("range", "outside 0..9"), ("float", "labels must be integers"), ("2d", "one class per sample"),
+    ("nan", "NaN or infinity"),
+])
+def test_training_refuses_bad_labels_and_nan_inputs(tmp_path, y, msg):
+    import h5py
+    import numpy as np
+
+    x = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    labels = {"range": np.arange(64) % 12, "float": (np.arange(64) % 3).astype(np.float32),
+              "2d": np.zeros((64, 2), np.int64), "nan": np.arange(64) % 3}[y]
+    if y == "nan":
+        x[:, 3] = np.nan
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["x"], f["y"] = x, labels
+    line = one_error_line(hpc("train", "--np", "2", "--data", str(path), "--steps", "3", "--batch", "8",
+                              "--classes", "10", timeout=300))
+    assert msg in line and "rank" in line

@@ -227,10 +227,6 @@ def run(tc: TrainConfig) -> int:
 
     local_rank, local_size = local_layout(comm)
     torch.set_num_threads(tc.threads or _threads(local_size))
-    if coll is not None and not coll.builtin:
-        from hpc.plugins.verify import verify
-
-        verify(comm, coll, ops=("SUM",), quick=True, sub_comms=False)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -248,6 +244,8 @@ def run(tc: TrainConfig) -> int:
     model = build(cfg).to(device)
     check_output(cfg, model, device)  # the output fits --classes / --vocab: same verdict on every rank
     model.train()
+    if coll is not None and not coll.builtin:
+        _verify_for_run(comm, coll, model, tc)
     broadcast_state(comm, model)      # parameters and buffers from rank 0, whatever the scheme
     ctx = TrainContext(comm=comm, cfg=cfg, model=model, device=device, opts=opts, collective=coll,
                        option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size)
@@ -258,7 +256,7 @@ def run(tc: TrainConfig) -> int:
             "nodes": len(prov["hosts"]), "provenance": prov}
     try:
         trainer = sync.load(pl.scheme).make(ctx)
-        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts)
+        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data)
         flat = trainer.params()
         averaged = average_buffers(comm, model, trainer.is_worker)  # untimed; see the module docstring
         bufs = flat_buffers(model) if flat is not None else None
@@ -280,6 +278,38 @@ def run(tc: TrainConfig) -> int:
         if tc.json:
             records.append(tc.json, [rec])
     return 0
+
+
+def _verify_for_run(comm: "MPI.Comm", coll, model: "torch.nn.Module", tc: TrainConfig) -> None:
+    """Verify a plug-in on what this run will hand it: every bucket size of this model, in float32
+    and, with --fp16-compress, float16 (a plug-in wrong only above the quick matrix's sizes or only
+    in float16 must not train to a wrong result)."""
+    from hpc.plugins.verify import verify
+    from hpc.workloads.sync.own import plan_buckets
+
+    numels = [int(p.numel()) for p in model.parameters() if p.requires_grad]
+    buckets = plan_buckets(numels, int(tc.bucket_mb * (1 << 20)))
+    counts = tuple(sorted({sum(numels[i] for i in b) for b in buckets}))
+    dtypes = ("float32", "float16") if tc.fp16_compress else ("float32",)
+    verify(comm, coll, ops=("SUM",), quick=True, sub_comms=False, dtypes=dtypes, sizes=counts)
+
+
+def check_batch(cfg: ModelConfig, x: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Refuse a batch the loss would silently misuse: non-finite inputs, labels that are not integer
+    classes in range (a label >= --classes crashes deep inside torch, a float label is cast)."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise HpcError(f"{where}: the input data holds NaN or infinity (not a training divergence)")
+    if y.dtype.kind not in "iu":
+        raise HpcError(f"{where}: labels must be integers, got {y.dtype}")
+    expect = y.shape[:1] if cfg.kind != "tokens" else y.shape[:1] + (cfg.seq_len,)
+    if y.shape != expect and not (cfg.kind == "tokens" and y.ndim == 2):
+        raise HpcError(f"{where}: labels of shape {list(y.shape[1:])} per sample; expected one class "
+                       "per sample")
+    top = cfg.vocab if cfg.kind == "tokens" else cfg.classes
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= top):
+        what = "--vocab" if cfg.kind == "tokens" else "--classes"
+        raise HpcError(f"{where}: labels run from {int(y.min())} to {int(y.max())}, outside 0..{top - 1} "
+                       f"({what} {top})")
 
 
 def _import_torch():
@@ -354,8 +384,10 @@ def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "torch.device",
-           facts: "SchemeFacts") -> tuple[StepLog, list[float]]:
-    """Run the steps; return this rank's timings and the global mean loss per step (sync schemes)."""
+           facts: "SchemeFacts", where: str | None = None) -> tuple[StepLog, list[float]]:
+    """Run the steps; return this rank's timings and the global mean loss per step (sync schemes).
+
+    `where` names a data file whose batches are checked (labels, NaN) as they are read."""
     import torch
 
     log = StepLog()
@@ -367,6 +399,8 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
     for s in range(steps):
         t0 = time.perf_counter()
         x, y = next(source)
+        if where is not None:
+            check_batch(trainer.ctx.cfg, x, y, f"{where}, step {s}")
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
         yt = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True)
         t1 = time.perf_counter()
