@@ -63,8 +63,13 @@ def print_tables(tables: Iterable[Table], fmt: str = "rich", file: TextIO | None
     if fmt == "rich":
         from rich.console import Console
 
-        tty = hasattr(file, "isatty") and file.isatty()
-        console = Console(file=file, width=None if tty else 240, soft_wrap=False)
+        from hpc.env import get
+
+        # a rank's stdout is Open MPI's pty even when the user's is a pipe: the launcher says which
+        forced = get("HPC_TTY")
+        tty = forced == "1" if forced is not None else hasattr(file, "isatty") and file.isatty()
+        console = Console(file=file, width=None if tty else 120, soft_wrap=False, force_terminal=tty,
+                          no_color=not tty)
         for t in tables:
             console.print(t.to_rich())
             console.print()
@@ -100,6 +105,8 @@ def fmt_num(x: float | None, digits: int = 4) -> str:
         return "—"
     if isinstance(x, float) and math.isinf(x):
         return "∞" if x > 0 else "-∞"
+    if 1e3 <= abs(x) < 1e12:  # 56,290 rather than 5.629e+04
+        return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
 

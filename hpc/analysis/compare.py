@@ -402,7 +402,7 @@ def ranking_tables(ranked: list[dict[str, Any]]) -> list:
         for r in pt["ranking"]:
             ci = r["ci95"]
             tab.add(r["rank"], r["name"], fmt(r["value"]),
-                    "—" if not ci or ci[0] != ci[0] else f"[{fmt(ci[0])}, {fmt(ci[1])}]", r["n"],
+                    "—" if not ci or ci[0] != ci[0] else f"{fmt(ci[0])} – {fmt(ci[1])}", r["n"],
                     f"{r['speed_vs_best']:.2f}×", r["verdict"])
         tab.notes.append("value: geometric mean of the repetitions; 'same as fastest' when the 95% CI "
                          "of the ratio does not lie entirely beyond the noise band")

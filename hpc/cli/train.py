@@ -25,9 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model with own gradient sync or Horovod/DeepSpeed/DDP",
                        description=__doc__.splitlines()[0], epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sync", default="ring", metavar="S",
+    p.add_argument("--sync", default="ring", metavar="S[,S...]",
                    help="ring|ps|ps-async|auto|mpi|horovod|ddp|deepspeed-zero1|2|3, or any collective "
-                        "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring)")
+                        "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring); "
+                        "a list runs side by side, interleaved, and ends with a 'which is fastest' table")
+    p.add_argument("--reps", type=int_min(1), default=1,
+                   help="runs of every scheme, in one shuffled order (default 1)")
+    p.add_argument("--order-seed", type=int, default=None, metavar="SEED",
+                   help="seed of the shuffled run order (default random; printed and recorded)")
     p.add_argument("--model", default="mlp", metavar="SPEC",
                    help=f"built-in ({', '.join(MODELS)}) or a factory returning a torch.nn.Module: "
                         "package.module:factory, path/to/file.py:factory, torchvision:NAME (default mlp)")

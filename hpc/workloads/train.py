@@ -18,8 +18,9 @@ prints a breakdown table and appends a `train` record with `--json`.
 from __future__ import annotations
 
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -76,6 +77,8 @@ class TrainConfig:
     per_step: bool = False
     save_params: str | None = None
     np: int | None = None
+    reps: int = 1                   # with a list of schemes: runs of each, interleaved
+    order_seed: int | None = None   # seed of the shuffled run order (random when None; recorded)
 
 
 # -- validation (no MPI, no torch: runs in the parent before mpirun and again on every rank) ------
@@ -185,11 +188,14 @@ def precheck(tc: TrainConfig) -> None:
     from hpc.plugins import registry
     from hpc.workloads import sync
 
-    pl = plan(tc, tc.np)
-    if not sync.installed(pl.scheme):
-        raise HpcError(sync.missing_message(pl.scheme))
-    if pl.facts.collective:
-        registry.load(pl.scheme.option, pl.servers)
+    if tc.reps < 1:
+        raise HpcError(f"--reps must be >= 1, got {tc.reps}")
+    for name in schemes(tc):
+        pl = plan(replace(tc, sync=name), tc.np)
+        if not sync.installed(pl.scheme):
+            raise HpcError(sync.missing_message(pl.scheme))
+        if pl.facts.collective:
+            registry.load(pl.scheme.option, pl.servers)
     if not pl.cfg.builtin:
         from hpc.workloads.models import precheck_factory
 
@@ -210,7 +216,58 @@ class StepLog:
     loss: list[float] = field(default_factory=list)
 
 
+def schemes(tc: TrainConfig) -> list[str]:
+    """The schemes of `--sync a,b,c` (one or more)."""
+    names = [x.strip() for x in tc.sync.split(",") if x.strip()]
+    if not names:
+        raise HpcError("--sync names no scheme")
+    return names
+
+
 def run(tc: TrainConfig) -> int:
+    """On every rank: one training run, or with several schemes / --reps the side-by-side runs."""
+    if tc.reps < 1:
+        raise HpcError(f"--reps must be >= 1, got {tc.reps}")
+    names = schemes(tc)
+    if len(names) == 1 and tc.reps == 1:
+        run_one(tc)
+        return 0
+    return run_side_by_side(tc, names)
+
+
+def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
+    """Every scheme `reps` times in one shuffled, interleaved order (so the machine's drift hits all
+    alike), the order's seed recorded; then the ranked "which is fastest" table on rank 0."""
+    import random
+
+    from hpc.analysis.compare import rank_schemes, ranking_tables
+    from hpc.comm import console, world
+    from hpc.table import print_tables
+
+    comm = world()
+    seed = tc.order_seed if tc.order_seed is not None else comm.bcast(random.randrange(2**31), root=0)
+    order = [(name, rep) for rep in range(tc.reps) for name in names]
+    random.Random(seed).shuffle(order)
+    out = console(comm, stderr=tc.json == "-")
+    out.print(f"{len(order)} runs ({', '.join(names)} × {tc.reps}) in a shuffled order, seed {seed} "
+              f"(--order-seed {seed} repeats it)")
+    done: list[dict[str, Any]] = []
+    for i, (name, rep) in enumerate(order):
+        rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True,
+                      extra={"order_seed": seed, "run_index": i, "rep_in_run": rep})
+        if rec is not None:
+            done.append(rec)
+            out.print(f"  [{i + 1}/{len(order)}] {name:<16} rep {rep}: {rec['steps_per_s']:.2f} steps/s, "
+                      f"{rec['samples_per_s']:.1f} samples/s")
+    if comm.Get_rank() == 0:
+        ranked = rank_schemes(done)
+        if ranked:
+            print_tables(ranking_tables(ranked), file=sys.stderr if tc.json == "-" else None)
+    return 0
+
+
+def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """One training run on every rank; returns the record on rank 0 (None elsewhere)."""
     from hpc.plugins import registry
     from hpc.workloads import sync
     from hpc.comm import world
@@ -253,7 +310,7 @@ def run(tc: TrainConfig) -> int:
             "global_batch": batch * n_workers, "steps": tc.steps, "scaling": pl.scaling,
             "n_params": n_params(model), "optimizer": tc.optimizer, "lr": pl.lr,
             "sample_shape": list(cfg.sample_shape()), "model_args": dict(cfg.args),
-            "nodes": len(prov["hosts"]), "provenance": prov}
+            "nodes": len(prov["hosts"]), "provenance": prov, **(extra or {})}
     try:
         trainer = sync.load(pl.scheme).make(ctx)
         log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data)
@@ -274,10 +331,11 @@ def run(tc: TrainConfig) -> int:
         np.save(tc.save_params, flat)
     comm.Barrier()
     if rank == 0:
-        _report(rec, tc)
         if tc.json:
             records.append(tc.json, [rec])
-    return 0
+        if not brief:
+            _report(rec, tc)
+    return rec if rank == 0 else None
 
 
 def _verify_for_run(comm: "MPI.Comm", coll, model: "torch.nn.Module", tc: TrainConfig) -> None:
@@ -396,6 +454,7 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
         trainer.run_server(steps)
         return log, losses
     lockstep = facts.lockstep
+    progress = _Progress(comm.Get_rank() == 0, steps)
     for s in range(steps):
         t0 = time.perf_counter()
         x, y = next(source)
@@ -412,6 +471,7 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
         log.total.append(t2 - t0)
         log.comm_total.append(res.extra.get("comm_total_s", float("nan")))
         log.loss.append(res.loss)
+        progress.tick(s + 1, res.loss)
         if lockstep:  # untimed: the global loss, and the same non-finite verdict on every rank
             total = comm.allreduce(res.loss)
             mean = total / comm.Get_size()
@@ -423,6 +483,25 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
                                "(lower --lr?)")
     trainer.finish_worker()
     return log, losses
+
+
+class _Progress:
+    """A line on stderr every PROGRESS_S seconds of a long run (rank 0), so a long job shows life."""
+
+    PROGRESS_S = 15.0
+
+    def __init__(self, show: bool, steps: int):
+        self.show, self.steps = show, steps
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if self.show and now - self.last >= self.PROGRESS_S and step < self.steps:
+            self.last = now
+            rate = step / (now - self.t0)
+            sys.stderr.write(f"hpc train: step {step}/{self.steps} · {rate:.2f} steps/s · loss {loss:.4f} · "
+                             f"about {(self.steps - step) / rate:.0f} s left\n")
+            sys.stderr.flush()
 
 
 def _check_identical(comm: "MPI.Comm", flat: np.ndarray | None, bufs: np.ndarray | None,
@@ -506,7 +585,7 @@ def _report(rec: dict[str, Any], tc: TrainConfig) -> None:
 
     from hpc.comm import console
 
-    out = console()
+    out = console(stderr=tc.json == "-")  # `--json -`: stdout carries only the record
     b = rec["breakdown"]
     step = b["total"]["mean"] or float("nan")
     t = Table(title=f"hpc train: {rec['sync']} · {rec['model']} ({rec['n_params']:,} params) · "
@@ -547,5 +626,5 @@ def _report(rec: dict[str, Any], tc: TrainConfig) -> None:
             ps.add_row(str(first + i), f"{loss[first + i]:.4f}" if first + i < len(loss) else "",
                        *(f"{rec['per_step'][k][i] * 1e3:.2f}" for k in ("data", "compute", "comm", "total")))
         out.print(ps)
-    if tc.json:
+    if tc.json and tc.json != "-":
         out.print(f"record: {tc.json}")
