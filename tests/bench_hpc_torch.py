@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import mpirun  # noqa: E402
-from tests.test_hpc_torch import HVD_SCRIPT, SCRIPTS, hpc_copy  # noqa: E402
+from tests.helpers import mpirun
+from tests.test_hpc_torch import HVD_SCRIPT, SCRIPTS, hpc_copy
 
 WORKLOAD = ["--width", "16", "--image", "32", "--global-batch", "64", "--steps", "18", "--warmup", "3"]
 

@@ -293,7 +293,7 @@ def _install_excepthook() -> None:
     if getattr(previous, "hpc_torch", False):
         return
 
-    def hook(exc_type, exc, tb) -> None:  # noqa: ANN001
+    def hook(exc_type, exc, tb) -> None:
         from hpc.comm import abort, mpi_active, rank_prefix
 
         if isinstance(exc, HpcError):

@@ -66,10 +66,10 @@ def broadcast_optimizer_state(optimizer: "torch.optim.Optimizer", root_rank: int
     setters: dict[str, Any] = {}
     seen: dict[str, int] = collections.defaultdict(int)
 
-    def set_option(index: int, key: str):  # noqa: ANN202
+    def set_option(index: int, key: str):
         return lambda v: optimizer.param_groups[index].__setitem__(key, v)
 
-    def set_state(pid: Any, key: str):  # noqa: ANN202
+    def set_state(pid: Any, key: str):
         return lambda v: state_dict["state"][pid].__setitem__(key, v)
 
     for index, group in enumerate(state_dict["param_groups"]):

@@ -24,11 +24,11 @@ class _CommHook:
 
     def __init__(self, spec: str, compression: Any) -> None:
         import torch
+        from mpi4py import MPI
 
         from hpc.plugins import registry
         from hpc.plugins.verify import verify
         from hpc.torch._basics import check_dtype
-        from mpi4py import MPI
 
         check_codec(compression)
         self.__name__ = self.__qualname__ = f"hpc_comm_hook[{spec}]"  # DDP logs the hook by name
@@ -51,7 +51,7 @@ class _CommHook:
         # aborts ("terminate called without an active exception"; seen 1 run in ~8 without this).
         atexit.register(self.close)
 
-    def __call__(self, state, bucket):  # noqa: ANN001, ANN204  (DDP inspects these names; no annotations)
+    def __call__(self, state, bucket):
         import torch
 
         fut: torch.futures.Future = torch.futures.Future()
@@ -69,7 +69,7 @@ class _CommHook:
             except BaseException as exc:  # handed to DDP, which raises it in backward
                 fut.set_exception(exc)
 
-    def _reduce(self, buf):  # noqa: ANN001, ANN202
+    def _reduce(self, buf):
         buf.div_(self.world)
         wire, ctx = self.codec.compress(buf)
         host = wire.detach().to("cpu").contiguous()

@@ -58,12 +58,12 @@ def _autograd_allreduce():
         """Allreduce in the graph: the gradient of an allreduce is the allreduce of the gradient."""
 
         @staticmethod
-        def forward(ctx, tensor, op, prescale, postscale):  # noqa: ANN001
+        def forward(ctx, tensor, op, prescale, postscale):
             ctx.args = (op, prescale, postscale)
             return _allreduce_copy(tensor, op, prescale, postscale)
 
         @staticmethod
-        def backward(ctx, grad):  # noqa: ANN001
+        def backward(ctx, grad):
             return _allreduce_copy(grad, *ctx.args), None, None, None
 
     return _Allreduce
@@ -107,7 +107,7 @@ class _Done:
         self.result = result
 
 
-def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,  # noqa: ANN001
+def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                     postscale_factor=1.0, process_set=None) -> _Done:
     import torch
 
@@ -116,7 +116,7 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
                                postscale_factor=postscale_factor))
 
 
-def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0,  # noqa: ANN001
+def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                      postscale_factor=1.0, process_set=None) -> _Done:
     return _Done(allreduce_(tensor, average, name, op, prescale_factor, postscale_factor))
 
@@ -165,7 +165,7 @@ def broadcast(tensor: "torch.Tensor", root_rank: int, name: str | None = None,
     return out
 
 
-def broadcast_async_(tensor, root_rank, name=None, process_set=None) -> _Done:  # noqa: ANN001
+def broadcast_async_(tensor, root_rank, name=None, process_set=None) -> _Done:
     return _Done(broadcast_(tensor, root_rank))
 
 

@@ -64,7 +64,7 @@ class _DistributedOptimizer:
         if size() > 1:
             self._engine = self._make_engine(bucket_mb)
 
-    def _make_engine(self, bucket_mb: float):  # noqa: ANN202
+    def _make_engine(self, bucket_mb: float):
         import torch
 
         from hpc.torch._basics import collective
@@ -101,7 +101,7 @@ class _DistributedOptimizer:
         self._synchronized = True
 
     @contextmanager
-    def skip_synchronize(self):  # noqa: ANN201
+    def skip_synchronize(self):
         """For `synchronize(); clip gradients; with skip_synchronize(): step()`."""
         self._should_synchronize = False
         try:

@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from mpi4py import MPI
 from torch.nn.parallel import DistributedDataParallel as DDP
+from toy import Net, flat_state, global_batch
 
 import hpc.torch
 from hpc.workloads.sync.base import local_layout, torch_dist_env
-from toy import Net, flat_state, global_batch
 
 STEPS, GLOBAL = 4, 16
 

@@ -4,11 +4,10 @@ changed to `import hpc.torch as hvd`). Variants: none | fp16 | passes2 | sum (co
 import argparse
 import time
 
+import horovod.torch as hvd
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import horovod.torch as hvd
 from toy import Net, flat_state, global_batch
 
 

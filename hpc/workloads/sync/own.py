@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hpc.errors import HpcError
-from hpc.workloads.sync.compression import FP16Compressor, NoneCompressor, check_codec, wire_dtype
-from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, broadcast_params, make_optimizer
 from hpc.workloads.models import loss_fn
+from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, broadcast_params, make_optimizer
+from hpc.workloads.sync.compression import FP16Compressor, NoneCompressor, check_codec, wire_dtype
 
 if TYPE_CHECKING:
     import torch
