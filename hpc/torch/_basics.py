@@ -295,8 +295,9 @@ def _install_excepthook() -> None:
 
     def hook(exc_type, exc, tb) -> None:
         from hpc.comm import abort, mpi_active, rank_prefix
+        from hpc.env import get
 
-        if isinstance(exc, HpcError):
+        if isinstance(exc, HpcError) and not get("HPC_DEBUG"):
             sys.stderr.write(f"hpc: error: {rank_prefix()}{exc}\n")
         else:
             previous(exc_type, exc, tb)
