@@ -107,7 +107,8 @@ def flat(sendbuf, recvbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"sendbuf ({send.size} x {send.dtype}) and recvbuf ({recv.size} x {recv.dtype}) "
             "must have the same size and dtype"
         )
-    if np.may_share_memory(send, recv):  # exact for contiguous buffers
+    # Two arrays that own their memory are separate allocations; else bounds (exact for contiguous).
+    if (sendbuf.base is not None or recvbuf.base is not None) and np.may_share_memory(send, recv):
         raise ValueError("sendbuf and recvbuf overlap; pass the same array (or MPI.IN_PLACE) for in place")
     return send, recv
 

@@ -27,12 +27,11 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     if nothing_to_exchange(send, recv, comm.Get_size()):
         return
     node = _shm.node_of(comm)
-    sig = _shm.signature(send.nbytes, send.dtype, op)
     if send.nbytes <= _shm.SMALL_BYTES:
-        _shm.reduce_small(node, send, recv, fn, sig, "hier")
+        _shm.reduce_small(node, send, recv, fn, op, "hier")
         if node.nodes == 1:
             return
-        mats, mine = _shm.small_plan(node, send.size, send.dtype)
+        _, mats, mine = _shm.small_plan(node, send.size, send.dtype, op)
         q = (node.count + 1) & 1
         if node.rank == 0:
             rail = node.rails[0]
@@ -42,7 +41,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         if node.rank:
             np.copyto(recv, mats[q][0])
         return
-    R = _shm.reduce_large(node, send, fn, sig, "hier")
+    R = _shm.reduce_large(node, send, fn, _shm.signature(send.nbytes, send.dtype, op), "hier")
     if node.nodes > 1:
         s = min(slices or node.nslices, node.nslices)
         if node.rank < s:

@@ -16,7 +16,8 @@ from . import _shm
 from ._common import flat, nothing_to_exchange, ufunc
 
 
-def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM) -> None:
+def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.Op = MPI.SUM,
+              round_bytes: int = 0) -> None:
     """Allreduce on shared memory (same contract as `comm.Allreduce`); comm must be one node."""
     fn = ufunc(op)
     send, recv = flat(sendbuf, recvbuf)
@@ -26,8 +27,8 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
     if node.nodes > 1:
         raise ValueError(f"shm: the communicator spans {node.nodes} nodes (ranks that cannot share "
                          "memory); use 'hier' (shared memory within nodes, ring between them)")
-    sig = _shm.signature(send.nbytes, send.dtype, op)
     if send.nbytes <= _shm.SMALL_BYTES:
-        _shm.reduce_small(node, send, recv, fn, sig, "shm")
+        _shm.reduce_small(node, send, recv, fn, op, "shm")
     else:
-        np.copyto(recv, _shm.reduce_large(node, send, fn, sig, "shm"))
+        sig = _shm.signature(send.nbytes, send.dtype, op)
+        _shm.reduce_rounds(node, send, recv, fn, sig, "shm", round_bytes or _shm.ROUND_BYTES)
