@@ -116,26 +116,6 @@ def load(scheme: Scheme):
 def facts(scheme: Scheme):
     """The scheme's SchemeFacts (cheap: imports our module, not its package)."""
     found = getattr(load(scheme), "FACTS", None)
-    if found is None and scheme.is_own:
-        return _own_facts()
     if found is None:
         raise HpcError(f"sync module '{scheme.module}' declares no FACTS")
     return found
-
-
-def _own_layout(world: int | None, opts, sync: str) -> None:
-    """Own sync: --servers only for the `ps` collective, and it needs servers + 1 ranks."""
-    if opts.servers and sync != "ps":
-        raise HpcError(f"--servers is for --sync ps or ps-async, not '{sync}'")
-    if opts.servers < 0:
-        raise HpcError(f"--servers must be >= 0, got {opts.servers}")
-    if opts.servers and world is not None and world < opts.servers + 1:
-        raise HpcError(f"--sync ps with --servers {opts.servers} needs --np >= {opts.servers + 1}, got {world}")
-
-
-def _own_facts():
-    """Own sync's facts. They live here because own.py (BucketEngine) is shared with hpc.torch and
-    edited there; own.py may declare FACTS itself later, which then wins."""
-    from hpc.workloads.sync.base import SchemeFacts
-
-    return SchemeFacts(cuda=True, collective=True, check_layout=_own_layout)

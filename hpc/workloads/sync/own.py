@@ -23,7 +23,8 @@ import numpy as np
 
 from hpc.errors import HpcError
 from hpc.workloads.models import loss_fn
-from hpc.workloads.sync.base import StepResult, TrainContext, Trainer, broadcast_params, make_optimizer
+from hpc.workloads.sync.base import (SchemeFacts, StepResult, TrainContext, Trainer, broadcast_params,
+                                    make_optimizer)
 from hpc.workloads.sync.compression import FP16Compressor, NoneCompressor, check_codec, wire_dtype
 
 if TYPE_CHECKING:
@@ -440,6 +441,19 @@ class OwnTrainer(Trainer):
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _layout(world: int | None, opts, sync: str) -> None:
+    """Own sync: --servers only for the `ps` collective, and it needs servers + 1 ranks."""
+    if opts.servers and sync != "ps":
+        raise HpcError(f"--servers is for --sync ps or ps-async, not '{sync}'")
+    if opts.servers < 0:
+        raise HpcError(f"--servers must be >= 0, got {opts.servers}")
+    if opts.servers and world is not None and world < opts.servers + 1:
+        raise HpcError(f"--sync ps with --servers {opts.servers} needs --np >= {opts.servers + 1}, got {world}")
+
+
+FACTS = SchemeFacts(cuda=True, collective=True, check_layout=_layout)
 
 
 def make(ctx: TrainContext) -> Trainer:
