@@ -481,9 +481,40 @@ def error_line(state: JobState, tail: int = 1) -> str:
         what += f" on {state.nodes}"
     for path in dict.fromkeys(p for p in (state.stderr, state.stdout) if p):
         try:
-            lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+            text = Path(path).read_text(errors="replace").replace("\x00", "")
         except OSError:
             continue
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        cause = [ln.split("hpc: error:", 1)[1].strip() for ln in lines if "hpc: error:" in ln]
+        if cause:  # the rank's own one-line reason beats whatever the launcher printed after it
+            return f"{what}: {cause[0]}"
+        lines = [ln for ln in lines if not _launcher_noise(ln)]
         if lines:
             return f"{what}: {' | '.join(lines[-tail:])}"
     return what
+
+
+def _launcher_noise(line: str) -> bool:
+    """Banner rules and mpirun/srun epilogue lines that never say why a job failed."""
+    low = line.lower()
+    return set(line) <= set("-=*") or any(k in low for k in (
+        "prterun", "mpirun noticed", "mpiexec", "srun: error: ", "slurmstepd", "please see the",
+        "this may have caused", "exited on signal", "with errorcode"))
+
+
+def find_jobs(name_prefix: str, *, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{job id: job name} of this user's queued or running jobs whose name starts with `name_prefix`
+    (how a rerun finds the jobs of a killed sweep instead of submitting them twice)."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+    argv = ["squeue", "-h", "-t", "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED", "-o", "%i|%j"]
+    if user:
+        argv += ["-u", user]
+    proc = _run(argv, env)
+    if proc.returncode != 0:
+        raise HpcError(f"squeue failed: {_first_error_line(proc)}")
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, _, name = line.strip().partition("|")
+        if name.startswith(name_prefix):
+            out[job] = name
+    return out

@@ -50,13 +50,37 @@ def run_sweep(scaling: str, workload: list[str], *, nps: list[int], out: str, co
     opts = SweepOptions(scaling=scaling, nps=list(nps), out=Path(out), **options)
     runner = launcher(opts.launcher)
     plan = make_plan(opts, workload, validate)
+    lock = _lock(plan.out)  # held until this function returns (the file object closes with it)
     con = console or Console(highlight=False, soft_wrap=True)
     todo = [pt for pt in plan.points if not is_done(plan, pt)]
     skipped = len(plan.points) - len(todo)
     if skipped:
         con.print(f"resuming {plan.out}: {skipped} of {len(plan.points)} points already done")
     failed = runner.run_points(plan, todo, opts, con)
+    lock.close()
     if not (opts.dry_run and opts.launcher == "slurm"):
         con.print(f"sweep {plan.sweep_id}: {len(plan.points) - failed}/{len(plan.points)} points ok; "
                   f"records in {plan.out / 'points'}")
     return failed
+
+
+def _lock(out):
+    """An exclusive lock on the sweep directory: a second sweep on the same --out is refused (two
+    would run the same points twice and race on their files)."""
+    import fcntl
+    import os
+
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise HpcError(f"another hpc sweep (pid {holder}) is running in {out}; wait for it or use "
+                       "another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f

@@ -39,7 +39,7 @@ def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
         command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final))}"
         env["HPC_ARGV"] = json.dumps(["hpc", *plan.workload, "--np", str(pt.np)])
     text = slurm.render(
-        plan.scaling, job_name=f"hpc-{pt.id}", nodes=pt.nodes, ntasks_per_node=pt.np // pt.nodes,
+        plan.scaling, job_name=job_name(plan, pt), nodes=pt.nodes, ntasks_per_node=pt.np // pt.nodes,
         time=opts.time or DEFAULT_TIME, partition=opts.partition, account=opts.account, workdir=Path.cwd(),
         output=str(logs / f"{pt.id}.out"), error=str(logs / f"{pt.id}.err"), env=env,
         launcher=opts.slurm_launcher, command=command, wrap=wrap, mpirun_flags=list(opts.mpirun_args),
@@ -85,6 +85,11 @@ def check_fits(plan: Plan, todo: list[Point], partition: str | None) -> None:
                            f"the cluster's nodes have {info.cpus_per_node}")
 
 
+def job_name(plan: Plan, pt: Point) -> str:
+    """`hpc-<sweep id>-<point id>`: a rerun finds a killed sweep's jobs by it."""
+    return f"hpc-{plan.sweep_id}-{pt.id}"
+
+
 def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     """Submit (or with --dry-run only write) one job per point; wait and collect. Returns failures."""
     from rich.markup import escape
@@ -92,6 +97,15 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     if not opts.dry_run:
         slurm.require_sbatch()
         check_fits(plan, todo, opts.partition)
+    adopted: dict[str, Point] = {}
+    if not opts.dry_run:  # jobs of an earlier, killed run of this sweep still queued or running
+        names = {job_name(plan, pt): pt for pt in todo}
+        adopted = {job: names[name] for job, name in slurm.find_jobs(f"hpc-{plan.sweep_id}-").items()
+                   if name in names}
+        if adopted:
+            con.print(f"waiting for {len(adopted)} job(s) an earlier run of this sweep left queued: "
+                      f"{', '.join(adopted)}")
+    todo = [pt for pt in todo if pt not in adopted.values()]
     tmp_files = {pt: attempt_file(point_file(plan, pt)) for pt in todo}
     scripts = {pt: script_for(plan, pt, tmp_files[pt], opts) for pt in todo}
     if opts.dry_run:
@@ -102,13 +116,13 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
         for path in scripts.values():
             con.print(f"  sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
         return 0
-    jobs: dict[str, Point] = {}
-    previous = None
+    jobs: dict[str, Point] = dict(adopted)
+    previous = max(adopted, key=int) if adopted and all(j.isdigit() for j in adopted) else None
     for pt, path in scripts.items():
         dep = None if opts.no_chain or previous is None else f"afterany:{previous}"
         previous = slurm.submit(path, dependency=dep)
         jobs[previous] = pt
-    con.print(f"submitted {len(jobs)} job(s): {', '.join(jobs)}")
+    con.print(f"submitted {len(jobs) - len(adopted)} job(s): {', '.join(j for j in jobs if j not in adopted)}")
     try:
         states = slurm.wait(jobs, timeout_s=opts.point_timeout * max(1, len(jobs)) + 120)
     except KeyboardInterrupt:
@@ -121,7 +135,7 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     for job_id, pt in jobs.items():
         state = states.get(job_id)
         final = point_file(plan, pt)
-        tmp = tmp_files[pt]
+        tmp = tmp_files.get(pt) or final.with_name(final.name + ".adopted.tmp")
         own = _own_record(final, job_id) if plan.run is not None else None
         if own is not None:
             status, error = own.get("status", "failed"), own.get("error")

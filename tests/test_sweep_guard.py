@@ -1,0 +1,64 @@
+"""Sweeps that are killed or started twice: one runner per --out, and a killed Slurm sweep's queued jobs
+are adopted by the rerun, never submitted twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from hpc import records
+from tests.helpers import PLUGINS, hpc, one_error_line
+
+
+def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full = dict(os.environ, **(env or {}))
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "HPC_INSIDE_MPI"):
+        full.pop(var, None)
+    return subprocess.Popen([sys.executable, "-m", "hpc", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full)
+
+
+def test_a_second_sweep_on_the_same_out_is_refused(tmp_path):
+    out = tmp_path / "s"
+    work = ["bench", "collective", "--algo", f"{PLUGINS / 'plain_allreduce.py'}:deadlocks", "--no-verify",
+            "--sizes", "1KiB"]
+    first = _start("sweep", "strong", "--np", "2", "--point-timeout", "60", "--out", str(out), *work)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out / ".lock").exists():
+            time.sleep(0.1)
+        time.sleep(0.5)
+        line = one_error_line(hpc("sweep", "strong", "--np", "2", "--out", str(out), *work, timeout=60))
+        assert "another hpc sweep" in line and str(first.pid) in line
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+
+
+def test_rerun_adopts_the_jobs_of_a_killed_slurm_sweep(slurm_cluster, tmp_path):
+    out = tmp_path / "k"
+    env = slurm_cluster.env
+    # each point sleeps a little before it runs, so the first sweep is killed with jobs still queued
+    args = ["sweep", "strong", "--np", "1,2", "--launcher", "slurm", "--out", str(out),
+            "--before", "sleep 3", "bench", "collective", "--algo", "mpi", "--sizes", "1KiB",
+            "--batches", "1", "--iters", "2"]
+    first = _start(*args, env=env)
+    deadline = time.monotonic() + 60
+    submitted = ""
+    while time.monotonic() < deadline and "submitted" not in submitted:
+        line = first.stdout.readline()
+        submitted += line
+    assert "submitted 2 job(s)" in submitted, submitted
+    first.kill()                                   # kill -9: no chance to cancel its jobs
+    first.communicate(timeout=30)
+    again = hpc(*args, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "left queued" in again.stdout and "submitted 0 job(s)" in again.stdout, again.stdout
+    recs = records.load(out / "points")
+    assert sorted(r["np"] for r in recs) == [1, 2] and all(r["status"] == "ok" for r in recs)
+    jobs = {r["provenance"]["slurm_job_id"] for r in recs}
+    assert len(jobs) == 2, json.dumps(recs)[:500]
