@@ -262,3 +262,33 @@ def test_training_refuses_bad_labels_and_nan_inputs(tmp_path, y, msg):
     line = one_error_line(hpc("train", "--np", "2", "--data", str(path), "--steps", "3", "--batch", "8",
                               "--classes", "10", timeout=300))
     assert msg in line and "rank" in line
+
+
+def _rank_env(pid: int) -> int | None:
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"OMPI_COMM_WORLD_RANK="):
+            return int(item.split(b"=", 1)[1])
+    return None
+
+
+@pytest.mark.parametrize("sync", ["ddp"])
+def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
+    marker = str(tmp_path / "victim.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--sync", sync, "--steps",
+                             "1000000", "--json", marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        victim = next((p for p in _ranks_of(marker) if _rank_env(p) == 1), None)
+        time.sleep(0.3)
+    assert victim, "rank 1 never started"
+    time.sleep(8)  # well into training
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    line = [ln for ln in err.splitlines() if ln.startswith("hpc: error:")][0]
+    assert line.startswith("hpc: error: rank 1") and "killed (signal 9" in line, err

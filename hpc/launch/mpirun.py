@@ -145,6 +145,7 @@ class LaunchResult:
     returncode: int
     error: str | None
     timed_out: bool
+    died: str | None = None  # "rank 1 (signal 9, Killed)": a rank the launcher saw die by a signal
 
 
 def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
@@ -171,7 +172,7 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     reader.start()
     timed_out = _wait(proc, timeout)
     reader.join(timeout=5)
-    return LaunchResult(proc.returncode, filt.first_error, timed_out)
+    return LaunchResult(proc.returncode, filt.first_error, timed_out, filt.died)
 
 
 def run_command(np: int, argv: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
@@ -247,9 +248,13 @@ class _StderrFilter:
 
     _BANNER = re.compile(r"^-{20,}\s*$")
 
+    # Open MPI: "prterun noticed that process rank 1 with PID 25995 on node vm exited on signal 9 (Killed)."
+    _DIED = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on\s+signal (\d+)(?: \((\w[\w ]*)\))?")
+
     def __init__(self, out: IO[str]):
         self.out = out
         self.first_error: str | None = None
+        self.died: str | None = None
         self._block: list[str] | None = None
 
     def pump(self, stream: IO[str]) -> None:
@@ -282,6 +287,11 @@ class _StderrFilter:
         self._write(line)
 
     def _emit_block(self, block: list[str]) -> None:
+        died = self._DIED.search(" ".join(b.strip() for b in block))
+        if died and self.died is None:  # said in the one error line instead
+            rank, node, sig, name = died.groups()
+            self.died = f"rank {rank} on {node} (signal {sig}{', ' + name if name else ''})"
+            return
         if self.first_error is None and not any("MPI_ABORT" in b for b in block):
             self._write("".join(block))
 
@@ -306,6 +316,9 @@ def describe_failure(result: LaunchResult, np: int, timeout: float | None) -> st
         return f"job on {np} ranks did not finish within {timeout:g} s and was killed"
     if result.returncode == 0:
         return None
+    if result.died:  # a rank killed from outside: the others' errors (lost peers) are consequences
+        why = f"{result.died.split(' (')[0]} was killed ({result.died.split(' (', 1)[1]}"
+        return why + (f"; then {result.error}" if result.error else "")
     if result.error:
         return result.error
     return f"MPI job on {np} ranks failed with exit code {result.returncode}"
