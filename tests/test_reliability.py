@@ -292,3 +292,29 @@ def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
     _, err = proc.communicate(timeout=120)
     line = [ln for ln in err.splitlines() if ln.startswith("hpc: error:")][0]
     assert line.startswith("hpc: error: rank 1") and "killed (signal 9" in line, err
+
+
+def test_a_stopped_rank_is_noticed(tmp_path):
+    """SIGSTOP on one rank: the others' step watchdog ends the job with a message, no hang."""
+    marker = str(tmp_path / "stopped.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--sync", "ring", "--steps",
+                             "1000000", "--step-timeout", "5", "--json", marker],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        victim = next((p for p in _ranks_of(marker) if _rank_env(p) == 1), None)
+        time.sleep(0.3)
+    assert victim, "rank 1 never started"
+    time.sleep(6)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert time.monotonic() - t0 < 90
+    assert proc.returncode != 0 and "did not finish within" in err, err

@@ -87,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int_min(1), default=None,
                    help="torch threads per rank (default: cores / ranks on the node)")
     r.add_argument("--per-step", action="store_true", help="also print one row per step")
+    r.add_argument("--step-timeout", type=float_pos, default=300.0, metavar="S",
+                   help="end the job when a step hangs (a stopped or stuck rank) for max(S, 50 × the "
+                        "median step) seconds (default 300)")
     r.add_argument("--save-params", metavar="FILE.npy", help="save the final flat float32 parameters (np.save; written by the first rank holding them)")
     add_np_argument(p, default_timeout=3600)
     p.set_defaults(func=lambda a: train.run(_config(a)), precheck=lambda a: train.precheck(_config(a)))

@@ -77,6 +77,7 @@ class TrainConfig:
     per_step: bool = False
     save_params: str | None = None
     np: int | None = None
+    step_timeout: float = 300.0     # a step (or the first, with set-up) hanging this long ends the job
     reps: int = 1                   # with a list of schemes: runs of each, interleaved
     order_seed: int | None = None   # seed of the shuffled run order (random when None; recorded)
 
@@ -313,7 +314,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
             "nodes": len(prov["hosts"]), "provenance": prov, **(extra or {})}
     try:
         trainer = sync.load(pl.scheme).make(ctx)
-        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data)
+        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data, tc.step_timeout)
         flat = trainer.params()
         averaged = average_buffers(comm, model, trainer.is_worker)  # untimed; see the module docstring
         bufs = flat_buffers(model) if flat is not None else None
@@ -442,11 +443,14 @@ def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "torch.device",
-           facts: "SchemeFacts", where: str | None = None) -> tuple[StepLog, list[float]]:
+           facts: "SchemeFacts", where: str | None = None,
+           step_timeout: float = 300.0) -> tuple[StepLog, list[float]]:
     """Run the steps; return this rank's timings and the global mean loss per step (sync schemes).
 
     `where` names a data file whose batches are checked (labels, NaN) as they are read."""
     import torch
+
+    from hpc.comm import deadline
 
     log = StepLog()
     losses: list[float] = []
@@ -463,7 +467,11 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
         yt = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True)
         t1 = time.perf_counter()
-        res = trainer.step(xt, yt)
+        # a rank stopped, hung in a plug-in or dead without a word: the others wait here, so a
+        # watchdog of a generous multiple of the usual step time ends the job and says which step
+        limit = max(step_timeout, 50 * float(np.median(log.total))) if log.total else 4 * step_timeout
+        with deadline(limit, f"training step {s}"):
+            res = trainer.step(xt, yt)
         t2 = time.perf_counter()
         log.data.append(t1 - t0)
         log.compute.append(res.compute_s)
