@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -275,18 +274,22 @@ def _rank_env(pid: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("sync", ["ddp"])
-def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
-    marker = str(tmp_path / "victim.jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--sync", sync, "--steps",
-                             "1000000", "--json", marker], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def _training_and_its_rank1(marker, *args: str) -> tuple[subprocess.Popen, int]:
+    """A long 2-rank training run (records to `marker`) and the pid of its rank 1."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--steps", "1000000", *args,
+                             "--json", str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     victim = None
     while time.monotonic() < deadline and victim is None:
-        victim = next((p for p in _ranks_of(marker) if _rank_env(p) == 1), None)
+        victim = next((p for p in _ranks_of(str(marker)) if _rank_env(p) == 1), None)
         time.sleep(0.3)
     assert victim, "rank 1 never started"
+    return proc, victim
+
+
+@pytest.mark.parametrize("sync", ["ddp"])
+def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
+    proc, victim = _training_and_its_rank1(tmp_path / "victim.jsonl", "--sync", sync)
     time.sleep(8)  # well into training
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
@@ -296,16 +299,7 @@ def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
 
 def test_a_stopped_rank_is_noticed(tmp_path):
     """SIGSTOP on one rank: the others' step watchdog ends the job with a message, no hang."""
-    marker = str(tmp_path / "stopped.jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--sync", "ring", "--steps",
-                             "1000000", "--step-timeout", "5", "--json", marker],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    victim = None
-    while time.monotonic() < deadline and victim is None:
-        victim = next((p for p in _ranks_of(marker) if _rank_env(p) == 1), None)
-        time.sleep(0.3)
-    assert victim, "rank 1 never started"
+    proc, victim = _training_and_its_rank1(tmp_path / "stopped.jsonl", "--sync", "ring", "--step-timeout", "5")
     time.sleep(6)
     t0 = time.monotonic()
     os.kill(victim, signal.SIGSTOP)

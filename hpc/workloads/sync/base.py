@@ -185,14 +185,22 @@ def set_flat_params(params: Iterable["torch.Tensor"], flat: np.ndarray) -> None:
     import torch
 
     src = torch.from_numpy(np.ascontiguousarray(flat))
-    off = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.copy_(src[off:off + n].view_as(p))
-            off += n
+    off = _unflatten_into(list(params), src)
     if off != src.numel():
         raise HpcError(f"parameter vector has {src.numel()} values, the model {off}")
+
+
+def _unflatten_into(tensors: list["torch.Tensor"], src: "torch.Tensor") -> int:
+    """Copy consecutive slices of the flat `src` into `tensors` in order; return how many were used."""
+    import torch
+
+    off = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            t.copy_(src[off:off + n].view_as(t))
+            off += n
+    return off
 
 
 def broadcast_params(comm: "MPI.Comm", params: list["torch.Tensor"], root: int = 0) -> None:
@@ -219,13 +227,7 @@ def broadcast_state(comm: "MPI.Comm", model: "torch.nn.Module", root: int = 0) -
             raw = flat.view(torch.uint8).numpy().copy() if flat.numel() else np.zeros(0, np.uint8)
         check_uniform(comm, raw, f"model state ({dtype})")
         comm.Bcast(raw, root=root)
-        back = torch.from_numpy(raw).view(dtype)
-        off = 0
-        with torch.no_grad():
-            for t in ts:
-                n = t.numel()
-                t.copy_(back[off:off + n].view_as(t))
-                off += n
+        _unflatten_into(ts, torch.from_numpy(raw).view(dtype))
 
 
 def _unique(tensors: list["torch.Tensor"]) -> list["torch.Tensor"]:
