@@ -1,6 +1,6 @@
 """Build Horovod 0.28.1 (CPU, MPI + gloo, PyTorch) into the running venv: `python -m hpc.horovod_build`.
 
-A plain `pip install horovod` fails with torch 2.x and CMake 4 (see shared/notes/horovod.md): gloo needs
+A plain `pip install horovod` fails with torch 2.x and CMake 4: gloo needs
 CMAKE_POLICY_VERSION_MINIMUM=3.5 and horovod/torch hard-codes C++14, so CXX points at a wrapper that
 rewrites the standard flag to C++17. Build isolation stays off so the venv's own torch is built against.
 """

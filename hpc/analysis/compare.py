@@ -31,7 +31,7 @@ METRICS = {  # name -> (record field, higher is better, unit)
 ALPHA = 0.05
 MIN_REPS = 3
 # Smallest change a verdict may call real. On this kind of 2-core shared machine the same command
-# run twice gave ring/mpi ratios 0.83-1.30x apart (shared/notes/environment.md, A/A section), so a
+# run twice, back to back, gave ring/mpi ratios 0.83-1.30x apart (raw medians 0.99-4.4x), so a
 # 3% band called A/A points "worse"; with 10% and the whole-CI rule the synthetic A/A test
 # (tests/test_analysis.py) stays "same" on >= 95% of points at noise sigma 0.05-0.5, and so does
 # the real A/A sweep (tests/test_aa.py).
