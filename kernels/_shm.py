@@ -130,9 +130,10 @@ class Node:
         shared = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
         color = node_color(comm, shared)
         self.node = shared.Split(color, key=comm.Get_rank())
+        # busy polling only when every rank on this machine (not just this "node") can have a core
+        self.busy = shared.Get_size() <= (os.cpu_count() or 1)
         shared.Free()
         self.rank, self.size = self.node.Get_rank(), self.node.Get_size()
-        self.busy = self.size <= (os.cpu_count() or 1)  # every local rank can have a core
         sizes = comm.allgather(self.size if self.rank == 0 else 0)
         self.nodes = sum(1 for s in sizes if s)
         self.nslices = min(s for s in sizes if s)  # local ranks j < nslices have a rail

@@ -3,7 +3,7 @@
 Run under MPI, e.g.
   mpirun -n 4 python -m mpi4py -m kernels.tune latency --sizes 8,64,1024,8192
   mpirun -n 4 python -m mpi4py -m kernels.tune bandwidth --sizes 4M,16M,64M
-  mpirun -n 4 python -m mpi4py -m kernels.tune crossover   # thresholds for kernels.auto
+  mpirun -n 4 python -m mpi4py -m kernels.tune crossover   # thresholds for kernels.auto (+ shm on one node)
 Algorithms are interleaved in every repetition so machine noise hits them alike; figures are medians
 over repetitions of the slowest rank's time per call. Rank 0 prints one table row per size.
 """
@@ -74,6 +74,11 @@ def crossover(comm: MPI.Comm, sizes: str, reps: int) -> int:
     """Print, per size, the medians of recursive_doubling / rabenseifner / ring and the first sizes
     from which rabenseifner beats recursive_doubling and ring beats rabenseifner (auto's thresholds)."""
     algos = ["recursive_doubling", "rabenseifner", "ring"]
+    from . import _shm  # here, not at the top: only this mode builds the shared windows
+
+    one_node = comm.Get_size() > 1 and _shm.node_of(comm).nodes == 1
+    if one_node:
+        algos.append("shm")
     rows = []
     for s in sizes.split(","):
         nbytes = parse_size(s)
@@ -91,7 +96,8 @@ def crossover(comm: MPI.Comm, sizes: str, reps: int) -> int:
                     return rows[i][0]
             return None
         print(f"p={comm.Get_size()}: rabenseifner beats recursive_doubling from {first('rabenseifner', 'recursive_doubling')} B; "
-              f"ring beats rabenseifner from {first('ring', 'rabenseifner')} B")
+              f"ring beats rabenseifner from {first('ring', 'rabenseifner')} B"
+              + (f"; ring beats shm from {first('ring', 'shm')} B (auto.SHM_MAX)" if one_node else ""))
     return 0
 
 

@@ -48,7 +48,7 @@ def test_one_node(p: int) -> None:
 
 @pytest.mark.parametrize("p", [2, 4, 5])
 def test_two_simulated_nodes(p: int) -> None:
-    rc, out = run_check(p, "--algos", "hier,hier-leaders,auto", "--refuse", "shm", "--nodes", "2",
+    rc, out = run_check(p, "--algos", "hier,hier-rails,auto", "--refuse", "shm", "--nodes", "2",
                         env={"HPC_HIER_NODES": "2"})
     assert rc == 0 and f"p={p} nodes=2: checked" in out and " 0 failed" in out, out[-4000:]
 

@@ -26,7 +26,7 @@ def test_hier_across_two_slurm_nodes(slurm_cluster, tmp_path: Path) -> None:
     log = tmp_path / "hier.log"
     argv = [slurm.default_mpirun(), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
             "-x", "OMPI_MCA_osc=sm", "-x", "HPC_HIER_GROUP=host", "-x", f"PYTHONPATH={ROOT}",
-            sys.executable, "-m", "mpi4py", str(SCRIPT), "--algos", "hier,hier-leaders,auto",
+            sys.executable, "-m", "mpi4py", str(SCRIPT), "--algos", "hier,hier-rails,auto",
             "--refuse", "shm", "--nodes", "2", "--quick"]
     script = tmp_path / "hier.sh"
     script.write_text("\n".join(["#!/bin/bash", "#SBATCH -N 2", "#SBATCH -n 4", f"#SBATCH -o {log}",

@@ -24,7 +24,7 @@ except ImportError:  # a plain checkout without the package installed
 COMM = MPI.COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
 OPS = {"SUM": MPI.SUM, "MAX": MPI.MAX, "MIN": MPI.MIN, "PROD": MPI.PROD}
-ALGOS = {"shm": shm.allreduce, "hier": hier.allreduce, "hier-leaders": functools.partial(hier.allreduce, slices=1),
+ALGOS = {"shm": shm.allreduce, "hier": hier.allreduce, "hier-rails": functools.partial(hier.allreduce, slices=0),
          "auto": auto.allreduce}
 
 
@@ -160,8 +160,9 @@ def main() -> int:
     count, grid_fails = grid(COMM, names, args.quick)
     fails += grid_fails
     if P > 1 and _shm.node_of(COMM).nodes == 1:  # across nodes the inter-node step reports it (MPI error)
-        for name in names:
-            fails += mismatched(COMM, name)
+        for name in names:  # not auto: sizes on either side of a threshold pick different kernels
+            if name != "auto":
+                fails += mismatched(COMM, name)
     if P > 1:
         fails += subcomms(names)
     fails = sorted(set(sum(COMM.allgather(fails), [])))
