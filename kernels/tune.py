@@ -55,6 +55,12 @@ def time_calls(comm: MPI.Comm, fn, send: np.ndarray, recv: np.ndarray, iters: in
 def measure(comm: MPI.Comm, algos: list[str], nbytes: int, reps: int, dtype: str = "float32",
             budget_s: float = 0.05) -> dict[str, float]:
     """Median seconds per call for each algorithm at one size (interleaved repetitions)."""
+    return {a: statistics.median(t) for a, t in measure_reps(comm, algos, nbytes, reps, dtype, budget_s).items()}
+
+
+def measure_reps(comm: MPI.Comm, algos: list[str], nbytes: int, reps: int, dtype: str = "float32",
+                 budget_s: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call for each algorithm at one size, one entry per (interleaved) repetition."""
     n = max(nbytes // np.dtype(dtype).itemsize, 1)
     send = np.random.default_rng(comm.Get_rank()).standard_normal(n).astype(dtype)
     recv = np.empty_like(send)
@@ -67,7 +73,7 @@ def measure(comm: MPI.Comm, algos: list[str], nbytes: int, reps: int, dtype: str
     for _ in range(reps):
         for a, fn in fns.items():
             times[a].append(time_calls(comm, fn, send, recv, iters))
-    return {a: statistics.median(t) for a, t in times.items()}
+    return times
 
 
 def crossover(comm: MPI.Comm, sizes: str, reps: int) -> int:
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algos", default=None, help="comma list of registered names; mpi is always first")
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--spread", action="store_true", help="also the range of per-repetition ratios to mpi")
     args = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
     p = comm.Get_size()
@@ -123,20 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     if comm.Get_rank() == 0:
         unit = "us (ratio to mpi)" if args.mode == "latency" else "busbw GB/s (ratio to mpi)"
         print(f"# p={p} {args.dtype} {args.mode}: median of {args.reps} reps, {unit}")
-        print("bytes".rjust(10) + "".join(a.rjust(22) for a in algos_l))
+        print("bytes".rjust(10) + "".join(a.rjust(34 if args.spread else 22) for a in algos_l))
     for s in sizes.split(","):
         nbytes = parse_size(s)
-        med = measure(comm, algos_l, nbytes, args.reps, args.dtype, 0.05 if args.mode == "latency" else 0.3)
+        reps = measure_reps(comm, algos_l, nbytes, args.reps, args.dtype, 0.05 if args.mode == "latency" else 0.3)
         if comm.Get_rank() == 0:
+            med = {a: statistics.median(t) for a, t in reps.items()}
             base = med["mpi"]
             cells = []
             for a in algos_l:
+                # ratio to mpi within each repetition (same moment of the machine): median [min-max]
+                r = sorted(reps[a][i] / reps["mpi"][i] for i in range(args.reps))
+                if args.mode != "latency":
+                    r = sorted(1 / x for x in r)
+                spread = f" [{r[0]:.2f}-{r[-1]:.2f}]" if args.spread else ""
                 if args.mode == "latency":
-                    cells.append(f"{med[a] * 1e6:9.1f} ({med[a] / base:4.2f}x)")
+                    cells.append(f"{med[a] * 1e6:9.1f} ({med[a] / base:4.2f}x{spread})")
                 else:
                     bw = nbytes / med[a] * 2 * (p - 1) / p / 1e9
-                    cells.append(f"{bw:9.2f} ({base / med[a]:4.2f}x)")
-            print(str(nbytes).rjust(10) + "".join(c.rjust(22) for c in cells), flush=True)
+                    cells.append(f"{bw:9.2f} ({base / med[a]:4.2f}x{spread})")
+            width = 34 if args.spread else 22
+            print(str(nbytes).rjust(10) + "".join(c.rjust(width) for c in cells), flush=True)
     return 0
 
 
