@@ -185,8 +185,12 @@ def machine_probe(repeats: int = 5) -> float:
     return float(sorted(times)[len(times) // 2])
 
 
-def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Where and how a point was measured. Collective over `comm` (it gathers the host names)."""
+def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None, device: str = "cpu",
+               cuda_aware: tuple[bool, str] | None = None) -> dict[str, Any]:
+    """Where and how a point was measured. Collective over `comm` (it gathers the host names).
+
+    With device "cuda" it carries a `gpu` block (model, count, driver, CUDA, NCCL, CUDA-aware MPI:
+    hpc/gpu.py); CPU runs have none and never touch CUDA."""
     import hpc
 
     host = socket.gethostname()
@@ -196,7 +200,7 @@ def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None
         from mpi4py import MPI
 
         mpi_library = MPI.Get_library_version().strip("\x00 \n").splitlines()[0]
-    return {
+    out = {
         "hpc": hpc.__version__,
         "git_sha": _git_sha(),
         "python": platform.python_version(),
@@ -211,6 +215,11 @@ def provenance(comm: "MPI.Comm | None" = None, argv: Sequence[str] | None = None
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "probe_s": machine_probe(),
     }
+    if device == "cuda":
+        from hpc import gpu
+
+        out["gpu"] = gpu.facts(cuda_aware)
+    return out
 
 
 def command_line() -> list[str]:

@@ -137,7 +137,10 @@ def test_driver_asks_scheme_facts_not_names() -> None:
     assert facts["ring"].collective and facts["ring"].cuda and facts["ring"].lockstep
     assert not facts["ps-async"].lockstep and facts["ps-async"].server_ranks
     assert facts["ps-async"].data_ranks(4, 2) == 2 and facts["ring"].data_ranks(4, 2) == 4
-    assert not any(facts[s].cuda or facts[s].collective for s in ("ddp", "horovod", "deepspeed-zero3"))
+    assert not any(facts[s].collective for s in ("ddp", "horovod", "deepspeed-zero3"))
+    # the baselines run on GPUs as their users run them (NCCL: a GPU per rank; tests/test_gpu_path.py)
+    assert all(facts[s].cuda and facts[s].gpu_exclusive for s in ("ddp", "horovod", "deepspeed-zero3"))
+    assert not facts["ring"].gpu_exclusive
 
 
 # -- every scheme on 2 ranks -----------------------------------------------------------------------
@@ -283,7 +286,6 @@ def test_cli_run_prints_breakdown_and_appends_record(tmp_path: Path) -> None:
     (["--sync", "ps-async", "--np", "1"], "needs --np >= 2"),
     (["--sync", "ps-async", "--servers", "2", "--np", "2"], "needs --np >= 3"),
     (["--sync", "ring", "--servers", "1"], "--servers is for --sync ps or ps-async"),
-    (["--sync", "ddp", "--device", "cuda"], "--device cuda works with own sync"),
     (["--model", "transformer", "--width", "30", "--heads", "4"], "not divisible by --heads"),
     (["--data", "/nonexistent/x.h5"], "no such file"),
 ])
@@ -363,7 +365,10 @@ def test_cuda_device(tmp_path: Path) -> None:
     want = reference(argv[:-2], 2)
     assert_close("cuda", runs["cuda"]["params"], want, rtol=1e-3, atol=1e-4)
     assert_close("cuda_fp16", runs["cuda_fp16"]["params"], want, rtol=1e-2, atol=2e-3)
-    assert runs["cuda"]["record"]["device"] == "cuda" and runs["cuda"]["record"]["host_staging"] is True
+    rec = runs["cuda"]["record"]
+    assert rec["device"] == "cuda" and rec["cuda_path"] in ("cuda-aware-mpi", "host-staging")
+    assert rec["host_staging"] is (rec["cuda_path"] == "host-staging")
+    assert rec["provenance"]["gpu"]["count"] >= 1
 
 
 def test_horovod_build_wrapper_and_skip(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", metavar="FILE", help="append one record per (algo, size) to FILE ('-': stdout)")
     c.add_argument("--case-timeout", type=float_pos, default=120.0, metavar="S",
                    help="end the job when one verification case or point hangs this long (default 120)")
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: buffers on the rank's GPU, into a CUDA-aware MPI or through pinned host "
+                        "staging; `ring` reduces on the GPU (default cpu)")
     add_np_argument(c, default_timeout=3600)
     c.set_defaults(func=lambda a: bench.run(options(bench.BenchConfig, a)),
                    precheck=lambda a: bench.precheck(options(bench.BenchConfig, a)))

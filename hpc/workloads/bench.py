@@ -2,7 +2,10 @@
 
 Per size: a correctness check, warm-up, iterations scaled to the message size, timed in batches
 (every batch kept as a repetition); latency min/avg/max across ranks, algbw = bytes / time and
-busbw = algbw * 2(p-1)/p, the figure that is comparable across rank counts.
+busbw = algbw * 2(p-1)/p, the figure that is comparable across rank counts. With `--device cuda` the
+buffers are torch tensors on the rank's GPU, reduced as workloads/device.py says (`mpi`: the device
+buffer into a CUDA-aware MPI; `ring`: additions on the GPU; other SPECs: staged through pinned host
+memory); each record says which (`cuda_path`, `reduce_on`) and carries the GPU in its provenance.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class BenchConfig:
     no_verify: bool = False
     json: str | None = None
     case_timeout: float = 120.0
+    device: str = "cpu"
 
 
 def specs(text: str) -> list[str]:
@@ -70,6 +74,12 @@ def precheck(cfg: BenchConfig) -> None:
     from hpc.plugins import registry
 
     sizes(cfg)
+    if cfg.device not in ("cpu", "cuda"):
+        raise HpcError(f"unknown --device '{cfg.device}' (use cpu or cuda)")
+    if cfg.device == "cuda":
+        from hpc.gpu import require_cuda
+
+        require_cuda()
     for spec in specs(cfg.algo):
         registry.precheck(spec)
 
@@ -92,7 +102,13 @@ def run(cfg: BenchConfig) -> int:
             verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False, case_timeout=cfg.case_timeout,
                    dtypes=(cfg.dtype,), sizes=tuple(sorted({n // item for n in points})))
     out = console(comm, stderr=cfg.json == "-")  # `--json -`: stdout carries only the records
-    prov = records.provenance(comm, records.command_line())
+    dev, aware = _cuda_setup(comm) if cfg.device == "cuda" else (None, None)
+    prov = records.provenance(comm, records.command_line(), device=cfg.device, cuda_aware=aware)
+    dcolls = {}
+    if dev is not None:
+        from hpc.workloads import device
+
+        dcolls = {coll.spec: device.make(coll, aware[0], dtype=cfg.dtype) for coll in colls}
     nodes = len(prov["hosts"])
     own = {coll.spec: comm.Dup() for coll in colls}  # a stray message cannot reach another algorithm
     rows: list[dict[str, Any]] = []
@@ -104,7 +120,7 @@ def run(cfg: BenchConfig) -> int:
                     progress.update(task, description=f"{coll.name} {nbytes} B")
                     with deadline(cfg.case_timeout + 40 * cfg.target_time * (cfg.batches + cfg.warmup),
                                   f"{coll.name} at {nbytes} B"):
-                        rec = measure(own[coll.spec], coll, nbytes, cfg)
+                        rec = measure(own[coll.spec], coll, nbytes, cfg, dev, dcolls.get(coll.spec))
                     rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
                     rows.append(rec)
                     if comm.Get_rank() == 0 and cfg.json:  # each point kept as soon as it is measured
@@ -124,8 +140,23 @@ def run(cfg: BenchConfig) -> int:
     return 0
 
 
-def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig) -> dict[str, Any]:
-    """Check, warm up and time one (algorithm, size) point; every rank returns the same record."""
+def _cuda_setup(comm: "MPI.Comm") -> tuple[Any, tuple[bool, str]]:
+    """This rank's GPU (local rank modulo the GPUs; ranks may share one) and the agreed CUDA-awareness."""
+    import torch
+
+    from hpc.gpu import agreed_cuda_aware, require_cuda
+    from hpc.workloads.sync.base import local_layout
+
+    gpus = require_cuda()
+    dev = torch.device("cuda", local_layout(comm)[0] % gpus)
+    torch.cuda.set_device(dev)
+    return dev, agreed_cuda_aware(comm)
+
+
+def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig, dev: Any = None,
+            dcoll: Any = None) -> dict[str, Any]:
+    """Check, warm up and time one (algorithm, size) point; every rank returns the same record.
+    With `dev` (a CUDA device) and `dcoll` (its workloads.device.DeviceCollective) on device buffers."""
     from mpi4py import MPI
 
     p, rank = comm.Get_size(), comm.Get_rank()
@@ -133,24 +164,45 @@ def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig) -
     count = nbytes // dtype.itemsize
     op = getattr(MPI, cfg.op)
     send, expected = _pattern(count, dtype, rank, p, cfg.op)
-    recv = np.empty_like(send)
-    coll.func(comm, send, recv, op)
-    correct = bool(comm.allreduce(bool(np.array_equal(recv, expected)), MPI.LAND))
+    if dev is None:
+        recv = np.empty_like(send)
+
+        def call() -> None:
+            coll.func(comm, send, recv, op)
+
+        def result() -> np.ndarray:
+            return recv
+    else:
+        import torch
+
+        dsend = torch.from_numpy(send).to(dev)
+        drecv = torch.empty_like(dsend)
+
+        def call() -> None:  # returns when the result is in device memory
+            dcoll.func(comm, dsend, drecv, op)
+            torch.cuda.synchronize(dev)
+
+        def result() -> np.ndarray:
+            return drecv.cpu().numpy()
+    call()
+    correct = bool(comm.allreduce(bool(np.array_equal(result(), expected)), MPI.LAND))
     for _ in range(cfg.warmup):
-        coll.func(comm, send, recv, op)
-    iters = cfg.iters or _iters_for(comm, coll, send, recv, op, cfg.target_time)
+        call()
+    iters = cfg.iters or _iters_for(comm, call, cfg.target_time)
     batches: list[float] = []
     for _ in range(max(1, cfg.batches)):
         comm.Barrier()
         t0 = time.perf_counter()
         for _ in range(iters):
-            coll.func(comm, send, recv, op)
+            call()
         batches.append((time.perf_counter() - t0) / iters)
     per_rank = np.array(comm.allgather(batches))          # [rank, batch] seconds per call
     slowest = per_rank.max(axis=0)                        # a collective ends when its last rank does
     t = statistics.median(slowest.tolist())
     lat = np.median(per_rank, axis=1) * 1e6
     algbw = nbytes / t / 1e9 if t > 0 else 0.0
+    where = {"device": "cpu"} if dev is None else {"device": "cuda", "cuda_path": dcoll.cuda_path,
+                                                   "reduce_on": dcoll.reduce_on}
     return records.new(
         "collective", p,
         algo=coll.name, spec=coll.spec, size_bytes=nbytes, count=count, dtype=dtype.name, op=cfg.op,
@@ -158,7 +210,7 @@ def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig) -
         lat_min_us=float(lat.min()), lat_avg_us=float(lat.mean()), lat_max_us=float(lat.max()),
         algbw_GBps=algbw, busbw_GBps=algbw * busbw_factor(p), correct=correct,
         status="ok" if correct else "failed",
-        error=None if correct else "result differs from the expected reduction",
+        error=None if correct else "result differs from the expected reduction", **where,
     )
 
 
@@ -179,14 +231,13 @@ def _pattern(count: int, dtype: np.dtype, rank: int, p: int, op: str) -> tuple[n
     return send, expected.astype(dtype)
 
 
-def _iters_for(comm: "MPI.Comm", coll: Collective, send: np.ndarray, recv: np.ndarray,
-               op: "MPI.Op", target: float) -> int:
+def _iters_for(comm: "MPI.Comm", call: Any, target: float) -> int:
     """Iterations so one batch lasts about `target` seconds; the same on every rank."""
     from mpi4py import MPI
 
     comm.Barrier()
     t0 = time.perf_counter()
-    coll.func(comm, send, recv, op)
+    call()
     dt = comm.allreduce(time.perf_counter() - t0, MPI.MAX)
     return int(min(1000, max(1, round(target / max(dt, 1e-7)))))
 
@@ -198,7 +249,11 @@ def table(rows: list[dict[str, Any]], p: int):
     from hpc.units import format_size
 
     native = {r["size_bytes"]: r["time_s"] for r in rows if r["algo"] == "mpi"}
-    t = Table(title=f"allreduce on {p} ranks ({rows[0]['dtype']}, {rows[0]['op']})" if rows else "allreduce")
+    where = ""
+    if rows and rows[0].get("device") == "cuda":
+        where = ", cuda: " + ", ".join(sorted({f"{r['algo']} {r['cuda_path']}, reduced on {r['reduce_on']}"
+                                                for r in rows}))
+    t = Table(title=f"allreduce on {p} ranks ({rows[0]['dtype']}, {rows[0]['op']}{where})" if rows else "allreduce")
     for col in ("algo", "size", "iters", "min us", "avg us", "max us", "algbw GB/s", "busbw GB/s",
                 "vs mpi", "check"):
         t.add_column(col, justify="left" if col in ("algo", "check") else "right")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from hpc import env, records
+from hpc import env, gpu, records
 from hpc.errors import HpcError
 from hpc.workloads.models import MODELS, ModelConfig, check_config, parse_model_args, parse_shape
 
@@ -170,7 +170,7 @@ def plan(tc: TrainConfig, world: int | None) -> Plan:
     servers = facts.default_servers if tc.servers is None else tc.servers
     facts.check_layout(world, TrainOptions(servers=servers, staleness=tc.staleness), tc.sync)
     if tc.device == "cuda" and not facts.cuda:
-        raise HpcError(f"--device cuda works with own sync and ps-async; '{tc.sync}' runs on cpu here")
+        raise HpcError(f"--device cuda: '{tc.sync}' runs on cpu only")
     if tc.host_staging and not facts.collective:
         raise HpcError("--host-staging is an option of own sync (collective SPECs such as ring)")
     if tc.data and not os.path.isfile(tc.data):
@@ -191,16 +191,27 @@ def precheck(tc: TrainConfig) -> None:
 
     if tc.reps < 1:
         raise HpcError(f"--reps must be >= 1, got {tc.reps}")
+    gpus = gpu.require_cuda() if tc.device == "cuda" else 0  # here = the node the ranks start on
     for name in schemes(tc):
         pl = plan(replace(tc, sync=name), tc.np)
         if not sync.installed(pl.scheme):
             raise HpcError(sync.missing_message(pl.scheme))
+        if tc.device == "cuda":
+            precheck_cuda(name, pl.facts, tc.np or 1, gpus)
         if pl.facts.collective:
             registry.load(pl.scheme.option, pl.servers)
     if not pl.cfg.builtin:
         from hpc.workloads.models import precheck_factory
 
         precheck_factory(pl.cfg.name)
+
+
+def precheck_cuda(sync_name: str, facts: "SchemeFacts", local_ranks: int, gpus: int) -> None:
+    """Before mpirun, for --device cuda: a scheme that needs a GPU per rank (NCCL) gets one, and
+    Horovod was built with GPU operations."""
+    if facts.gpu_exclusive:
+        gpu.check_gpu_sharing(sync_name, local_ranks, gpus)
+    facts.check_cuda()
 
 
 # -- on every rank -----------------------------------------------------------------------------------
@@ -285,10 +296,14 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
 
     local_rank, local_size = local_layout(comm)
     torch.set_num_threads(tc.threads or _threads(local_size))
+    cuda_aware = None
     if device.type == "cuda":
+        if pl.facts.gpu_exclusive:  # the same refusal as the parent's, for jobs started by mpirun/srun
+            gpu.check_gpu_sharing(tc.sync, local_size, torch.cuda.device_count())
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
-    prov = records.provenance(comm, records.command_line())
+        cuda_aware = gpu.agreed_cuda_aware(comm)
+    prov = records.provenance(comm, records.command_line(), device=device.type, cuda_aware=cuda_aware)
     opts = TrainOptions(optimizer=tc.optimizer, lr=pl.lr, momentum=tc.momentum,
                         bucket_mb=tc.bucket_mb, fp16_compress=tc.fp16_compress,
                         overlap=_overlap(tc.overlap, device.type, local_size),
@@ -306,7 +321,8 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
         _verify_for_run(comm, coll, model, tc)
     broadcast_state(comm, model)      # parameters and buffers from rank 0, whatever the scheme
     ctx = TrainContext(comm=comm, cfg=cfg, model=model, device=device, opts=opts, collective=coll,
-                       option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size)
+                       option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size,
+                       sync=tc.sync)
     base = {"sync": tc.sync, "model": cfg.name, "device": device.type, "batch_per_rank": batch,
             "global_batch": batch * n_workers, "steps": tc.steps, "scaling": pl.scaling,
             "n_params": n_params(model), "optimizer": tc.optimizer, "lr": pl.lr,
@@ -380,9 +396,8 @@ def _import_torch():
 
 
 def _device(torch, name: str) -> "torch.device":
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HpcError("--device cuda: no CUDA GPU is visible to torch on this node "
-                       f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+    if name == "cuda":
+        gpu.require_cuda()
     return torch.device(name)
 
 

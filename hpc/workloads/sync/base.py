@@ -59,6 +59,7 @@ class TrainContext:
     batch: int = 1          # samples per rank per step
     local_rank: int = 0
     local_size: int = 1
+    sync: str = ""          # the --sync name, for messages
 
 
 @dataclass
@@ -131,7 +132,9 @@ class SchemeFacts:
     """What `hpc train`'s driver must know about a scheme, declared by the scheme's module as FACTS.
 
     lockstep: every data rank runs step s together (a global loss per step, a synchronous step time);
-    cuda: runs with --device cuda; collective: --sync names a collective SPEC that the scheme
+    cuda: runs with --device cuda; gpu_exclusive: on cuda each rank needs a GPU of its own (NCCL
+    refuses two ranks of a communicator on one device), checked before anything starts; check_cuda():
+    raise HpcError when this installation cannot run the scheme on cuda (parent side); collective: --sync names a collective SPEC that the scheme
     reduces with (loaded and verified before use; own-sync options such as --host-staging apply);
     server_ranks: the first `--servers` ranks hold parameter shards and
     read no data; default_servers: --servers when not given; check_layout(world, opts, sync): raise
@@ -140,6 +143,8 @@ class SchemeFacts:
 
     lockstep: bool = True
     cuda: bool = False
+    gpu_exclusive: bool = False
+    check_cuda: Callable[[], None] = lambda: None
     collective: bool = False
     server_ranks: bool = False
     default_servers: int = 0

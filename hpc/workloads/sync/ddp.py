@@ -1,4 +1,4 @@
-"""Baseline: torch DistributedDataParallel over gloo, set up from MPI (no torchrun needed).
+"""Baseline: torch DistributedDataParallel, set up from MPI (no torchrun needed): NCCL on GPUs, gloo on CPUs.
 
 RANK/WORLD_SIZE/LOCAL_RANK come from MPI, rank 0 picks a free MASTER_PORT and broadcasts it. DDP
 broadcasts rank 0's parameters at construction and overlaps its bucket allreduces with backward;
@@ -15,14 +15,15 @@ from hpc.workloads.models import loss_fn
 from hpc.workloads.sync.base import (LastGradClock, SchemeFacts, StepResult, TrainContext, Trainer, apply_env,
                            make_optimizer, torch_dist_env)
 
-FACTS = SchemeFacts()  # lock-step, CPU (gloo) here, no server ranks
+FACTS = SchemeFacts(cuda=True, gpu_exclusive=True)  # lock-step; NCCL on cuda (a GPU per rank), gloo on cpu
 
 if TYPE_CHECKING:
     import torch
 
 
 def ensure_process_group(ctx: TrainContext) -> None:
-    """A gloo process group over the same ranks as the MPI world, created once per process.
+    """A process group over the same ranks as the MPI world, created once per process: NCCL when the
+    model is on a GPU (as DDP and DeepSpeed users run it; one GPU per rank), gloo on CPU.
 
     It is kept for later runs in the same process (DeepSpeed caches its groups and cannot start
     over after a destroy) and destroyed once at exit (without that, gloo may abort at exit).
@@ -32,12 +33,21 @@ def ensure_process_group(ctx: TrainContext) -> None:
 
     import torch.distributed as dist
 
+    from hpc.gpu import check_gpu_sharing, dist_backend
+
+    backend = dist_backend(ctx.device.type)
     if dist.is_initialized():
         if dist.get_world_size() != ctx.comm.Get_size() or dist.get_rank() != ctx.comm.Get_rank():
             raise HpcError("torch.distributed is already initialised with another rank layout")
+        if dist.get_backend() != backend:
+            raise HpcError(f"torch.distributed is already initialised with {dist.get_backend()}, not {backend}")
         return
+    if backend == "nccl":
+        import torch
+
+        check_gpu_sharing(ctx.sync or "ddp", ctx.local_size, torch.cuda.device_count())
     apply_env(torch_dist_env(ctx.comm, ctx.local_rank, ctx.local_size))
-    dist.init_process_group("gloo", rank=ctx.comm.Get_rank(), world_size=ctx.comm.Get_size(),
+    dist.init_process_group(backend, rank=ctx.comm.Get_rank(), world_size=ctx.comm.Get_size(),
                             timeout=datetime.timedelta(minutes=10))
     atexit.register(destroy_process_group)
 
@@ -58,7 +68,8 @@ class DDPTrainer(Trainer):
         from torch.nn.parallel import DistributedDataParallel
 
         ensure_process_group(ctx)
-        self.ddp = DistributedDataParallel(ctx.model, bucket_cap_mb=ctx.opts.bucket_mb,
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(ctx.model, device_ids=ids, bucket_cap_mb=ctx.opts.bucket_mb,
                                            gradient_as_bucket_view=True)
         if ctx.opts.fp16_compress:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -84,8 +95,10 @@ class DDPTrainer(Trainer):
         return super().bytes_per_step() // (2 if self.ctx.opts.fp16_compress else 1)
 
     def summary(self) -> dict[str, Any]:
+        import torch.distributed as dist
+
         return {"bucket_mb": self.ctx.opts.bucket_mb, "fp16_compress": self.ctx.opts.fp16_compress,
-                "overlap": True}
+                "overlap": True, "backend": dist.get_backend()}
 
     def close(self) -> None:
         self.clock.remove()

@@ -1,7 +1,7 @@
-"""Baseline: real DeepSpeed ZeRO stage 1/2/3 on CPU (or GPU), set up from MPI as in notes/deepspeed.md.
+"""Baseline: real DeepSpeed ZeRO stage 1/2/3 on CPU or GPU, set up from MPI.
 
 Rank variables come from MPI (never DeepSpeed's own mpi4py discovery, which hangs on 4 oversubscribed
-ranks), rank 0 picks a free MASTER_PORT, gloo is the backend, the shared-memory op build is skipped,
+ranks), rank 0 picks a free MASTER_PORT, the backend is NCCL on GPUs (a GPU per rank) and gloo on CPUs, the shared-memory op build is skipped,
 warnings are filtered and the process group is destroyed at exit. Exposed communication = time
 from the last gradient to the end of `engine.backward` (ZeRO's parameter gathers count as compute).
 """
@@ -22,17 +22,18 @@ from hpc.workloads.sync.base import (LastGradClock, SchemeFacts, StepResult, Tra
                                     flat_params, make_optimizer)
 from hpc.workloads.sync.ddp import ensure_process_group
 
-FACTS = SchemeFacts()  # lock-step, CPU (gloo) here, no server ranks
+FACTS = SchemeFacts(cuda=True, gpu_exclusive=True)  # lock-step; NCCL on cuda (a GPU per rank), gloo on cpu
 
 if TYPE_CHECKING:
     import torch
 
 
-def _quiet() -> None:
-    """DeepSpeed is chatty (ZeRO-3 alone prints ~100 FutureWarnings per run): keep errors only."""
+def _quiet(device: str = "cpu") -> None:
+    """DeepSpeed is chatty (ZeRO-3 alone prints ~100 FutureWarnings per run): keep errors only. Its
+    accelerator follows the device (it is chosen once per process, at the first DeepSpeed import)."""
     for category in (FutureWarning, UserWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ["DS_ACCELERATOR"] = device
     for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -64,9 +65,7 @@ class DeepSpeedTrainer(Trainer):
 
     def __init__(self, ctx: TrainContext) -> None:
         super().__init__(ctx)
-        _quiet()
-        if ctx.device.type == "cpu":
-            os.environ["DS_ACCELERATOR"] = "cpu"
+        _quiet(ctx.device.type)
         import deepspeed
         import torch
 
@@ -75,7 +74,10 @@ class DeepSpeedTrainer(Trainer):
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         threads = torch.get_num_threads()
         ensure_process_group(ctx)  # env from MPI, free port from rank 0; DeepSpeed adopts the group
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+        from hpc.gpu import dist_backend
+
+        deepspeed.init_distributed(dist_backend=dist_backend(ctx.device.type), auto_mpi_discovery=False,
+                                   verbose=False)
         self.deepspeed = deepspeed
         self.stage = int(ctx.option) if ctx.option else ctx.stage
         config = ds_config(ctx.batch, ctx.comm.Get_size(), self.stage, int(ctx.opts.bucket_mb * (1 << 20)),
@@ -111,8 +113,11 @@ class DeepSpeedTrainer(Trainer):
         return n * (2 if self.ctx.opts.fp16_compress else 4)
 
     def summary(self) -> dict[str, Any]:
+        from hpc.gpu import dist_backend
+
         return {"zero_stage": self.stage, "bucket_mb": self.ctx.opts.bucket_mb,
-                "fp16_compress": self.ctx.opts.fp16_compress, "deepspeed": self.deepspeed.__version__}
+                "fp16_compress": self.ctx.opts.fp16_compress, "deepspeed": self.deepspeed.__version__,
+                "backend": dist_backend(self.ctx.device.type)}
 
     def close(self) -> None:
         self.clock.remove()  # the process group stays for later runs; it is destroyed at exit

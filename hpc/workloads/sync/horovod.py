@@ -3,6 +3,8 @@
 Horovod is initialised on mpi4py's COMM_WORLD, rank 0's parameters and optimizer state are
 broadcast, and its fusion buffer is set to `--bucket-mb` so it fuses like our own buckets. Exposed
 communication = time in `optimizer.synchronize()` after backward (its allreduces start in hooks).
+On cuda it needs a Horovod built with GPU operations (`hvd.cuda_built()`; hpc.horovod_build builds
+them with NCCL when nvcc and a CUDA torch are present), else one clear error before anything starts.
 """
 
 from __future__ import annotations
@@ -11,10 +13,41 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from hpc.errors import HpcError
 from hpc.workloads.models import loss_fn
 from hpc.workloads.sync.base import SchemeFacts, StepResult, TrainContext, Trainer, make_optimizer
 
-FACTS = SchemeFacts()  # lock-step, CPU here, no server ranks
+
+NO_GPU_OPS = ("horovod on cuda: this Horovod was built without GPU operations (horovod.torch.cuda_built() "
+              "is False); rebuild it on a machine with nvcc and a CUDA torch: `python -m hpc.horovod_build "
+              "--force` (it builds HOROVOD_GPU_OPERATIONS=NCCL there), or use --device cpu")
+
+
+def gpu_ops(hvd) -> dict[str, Any]:
+    """What the imported horovod.torch was built with: CUDA (GPU operations) and NCCL (version or 0)."""
+    cuda = bool(getattr(hvd, "cuda_built", lambda: False)())
+    nccl = getattr(hvd, "nccl_built", lambda: 0)()
+    return {"cuda_built": cuda, "nccl_built": int(nccl) if not isinstance(nccl, bool) else int(nccl)}
+
+
+def check_gpu_ops(built: dict[str, Any]) -> None:
+    """Refuse --device cuda with a CPU-only Horovod (pure: takes gpu_ops()'s answer)."""
+    if not built.get("cuda_built"):
+        raise HpcError(NO_GPU_OPS)
+
+
+def _check_cuda() -> None:
+    """Before mpirun: the installed Horovod has GPU operations (importing it initialises no MPI)."""
+    from hpc.workloads import sync
+
+    sync.require(sync.resolve("horovod"))
+    import horovod.torch as hvd
+
+    check_gpu_ops(gpu_ops(hvd))
+
+
+# lock-step; on cuda its GPU operations are NCCL (as hpc.horovod_build builds them): a GPU per rank
+FACTS = SchemeFacts(cuda=True, gpu_exclusive=True, check_cuda=_check_cuda)
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +62,9 @@ class HorovodTrainer(Trainer):
         import horovod.torch as hvd
 
         self.hvd = hvd
+        self.built = gpu_ops(hvd)
+        if ctx.device.type == "cuda":
+            check_gpu_ops(self.built)
         hvd.init(comm=ctx.comm)
         model = ctx.model
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -58,7 +94,7 @@ class HorovodTrainer(Trainer):
 
     def summary(self) -> dict[str, Any]:
         return {"bucket_mb": self.ctx.opts.bucket_mb, "fp16_compress": self.ctx.opts.fp16_compress,
-                "overlap": True, "horovod": _version()}
+                "overlap": True, "horovod": _version(), **self.built}
 
     def close(self) -> None:
         self.hvd.shutdown()

@@ -7,7 +7,9 @@ pass), and counts the gradients still missing per bucket; a communication thread
 soon as it is complete, always in bucket order so every rank issues the same collectives. All MPI calls of a step come from
 that one thread (MPI_THREAD_SERIALIZED is enough). The allreduce works on host numpy buffers: on CPU
 they are the gradient memory itself; with `--device cuda` (or `--host-staging`) buckets are staged
-through (pinned) host buffers. `--fp16-compress` halves the bytes on the wire (the fp16 codec of
+through (pinned) host buffers, unless the MPI is CUDA-aware and the collective has a device version
+(workloads/device.py: `mpi`, `ring`): then the device buckets themselves go to MPI (`cuda_path` in
+the record says which). `--fp16-compress` halves the bytes on the wire (the fp16 codec of
 compression.py). hpc.torch's DistributedOptimizer drives the same engine (auto_start, passes).
 """
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from hpc.errors import HpcError
+from hpc.gpu import CUDA_AWARE
 from hpc.workloads.models import loss_fn
 from hpc.workloads.sync.base import (SchemeFacts, StepResult, TrainContext, Trainer, broadcast_params,
                                     make_optimizer)
@@ -74,17 +77,20 @@ class Wire:
     same classes hpc.torch's `Compression` names); its decompress() turns it back. Without staging on
     CPU and without compression the host buffer *is* the gradient memory (no copy). With staging (and
     always on CUDA) buckets go through a preallocated (pinned) host buffer of the wire dtype; the codec
-    runs on the device, so a compressed bucket crosses the bus at its compressed size.
+    runs on the device, so a compressed bucket crosses the bus at its compressed size. `direct`
+    (CUDA-aware MPI and a device collective): pack() returns the device wire tensor itself, no host copy.
     """
 
-    def __init__(self, flat: "torch.Tensor", codec: Any = NoneCompressor, staging: bool = False) -> None:
+    def __init__(self, flat: "torch.Tensor", codec: Any = NoneCompressor, staging: bool = False,
+                 direct: bool = False) -> None:
         import torch
 
         check_codec(codec)
         self.flat = flat
         self.codec = codec
         self.cuda = flat.is_cuda
-        self.staging = staging or self.cuda
+        self.direct = direct and self.cuda and not staging
+        self.staging = (staging or self.cuda) and not self.direct
         self.dtype = wire_dtype(codec, flat)
         self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
         n = flat.numel()
@@ -109,11 +115,20 @@ class Wire:
             ev.record(torch.cuda.current_stream(self.flat.device))
             self.ready_events[b.index] = ev
 
-    def pack(self, b: Bucket) -> np.ndarray:
-        """Device gradients of bucket b -> host wire buffer (compressed by the codec); returns the view."""
+    def pack(self, b: Bucket) -> Any:
+        """Device gradients of bucket b -> host wire buffer (compressed by the codec); returns the view
+        (with `direct`: the device wire tensor, once the stream has produced it)."""
         import torch
 
         s = slice(b.start, b.stop)
+        if self.direct:
+            with torch.cuda.stream(self.stream):
+                ev = self.ready_events.pop(b.index, None)
+                if ev is not None:
+                    self.stream.wait_event(ev)
+                wire = self._compress(b, s)
+                self.stream.synchronize()
+            return wire
         if self.cuda:
             with torch.cuda.stream(self.stream):
                 ev = self.ready_events.pop(b.index, None)
@@ -184,7 +199,7 @@ class BucketEngine:
     def __init__(self, comm: "MPI.Comm", params: list["torch.nn.Parameter"],
                  allreduce: Callable[..., None], bucket_bytes: int, codec: Any = NoneCompressor,
                  overlap: bool = True, staging: bool = False, average: bool = True, passes: int = 1,
-                 auto_start: bool = False) -> None:
+                 auto_start: bool = False, direct: bool = False) -> None:
         import torch
         from mpi4py import MPI
 
@@ -223,7 +238,7 @@ class BucketEngine:
         self.scale = 1.0 / self.world if average else 1.0
         self.passes = int(passes)
         self.auto_start = auto_start
-        self.wire = Wire(self.flat, codec, staging)
+        self.wire = Wire(self.flat, codec, staging, direct)
         self.overlap = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         self._delay = {id(p): self.passes for p in self.params}
         self._fired: set[int] = set()
@@ -362,7 +377,13 @@ class BucketEngine:
 
     def _reduce(self, b: Bucket) -> None:
         buf = self.wire.pack(b)
-        self.allreduce(self.comm, buf, buf, self.sum)
+        if self.wire.direct:  # device collective: its torch work on the wire's stream
+            import torch
+
+            with torch.cuda.stream(self.wire.stream):
+                self.allreduce(self.comm, buf, buf, self.sum)
+        else:
+            self.allreduce(self.comm, buf, buf, self.sum)
         self.wire.unpack(b)
 
     def _serve(self) -> None:
@@ -409,10 +430,21 @@ class OwnTrainer(Trainer):
         model, opts = ctx.model, ctx.opts
         params = [p for p in model.parameters() if p.requires_grad]
         broadcast_params(ctx.comm, params)
-        self.engine = BucketEngine(ctx.comm, params, ctx.collective.func,
+        func, self.cuda_path = ctx.collective.func, None
+        if ctx.device.type == "cuda":
+            from hpc.gpu import agreed_cuda_aware
+            from hpc.workloads import device
+
+            dev = device.make(ctx.collective, agreed_cuda_aware(ctx.comm)[0], opts.host_staging,
+                              "float16" if opts.fp16_compress else "float32")
+            self.cuda_path = dev.cuda_path
+            if dev.cuda_path == CUDA_AWARE:
+                func = dev.func
+        self.engine = BucketEngine(ctx.comm, params, func,
                                    int(opts.bucket_mb * (1 << 20)),
                                    codec=FP16Compressor if opts.fp16_compress else NoneCompressor,
-                                   overlap=opts.overlap, staging=opts.host_staging)
+                                   overlap=opts.overlap, staging=opts.host_staging,
+                                   direct=self.cuda_path == CUDA_AWARE)
         self.optimizer = make_optimizer(params, opts)
 
     def step(self, x: "torch.Tensor", y: "torch.Tensor") -> StepResult:
@@ -437,7 +469,7 @@ class OwnTrainer(Trainer):
         eng = self.engine
         return {"buckets": len(eng.buckets), "bucket_mb": self.ctx.opts.bucket_mb,
                 "overlap": eng.overlap, "fp16_compress": eng.wire.compressed, "host_staging": eng.wire.staging,
-                "collective": self.ctx.collective.spec}
+                "collective": self.ctx.collective.spec, "cuda_path": self.cuda_path}
 
     def close(self) -> None:
         self.engine.close()
