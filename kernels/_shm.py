@@ -8,7 +8,10 @@ before MPI finalizes) a `Node` holds:
 - a control window (rank 0's segment): one 64-byte header per local rank (arrival counter,
   call signature) and two parities of small-message slots, one per rank;
 - a data window, grown by powers of two: R (the reduced vector, rank 0's segment) + one input slot
-  S_j per local rank.
+  S_j per local rank (`shm` uses two parities of one round each; `hier` the whole vector).
+Mismatched sizes, dtypes or ops between the ranks of a node are seen by all of them at the first
+sync (each publishes a signature) and raise `MismatchError` everywhere, before any collective call.
+Environment: HPC_HIER_GROUP=shared|host and the testing knob HPC_HIER_NODES=k (`node_color`).
 
 Synchronisation: every local rank counts the sync points it has reached; `arrive` publishes the new
 count in its header and waits until every peer's count is as large. The ordering argument is the one

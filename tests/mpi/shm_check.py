@@ -165,7 +165,7 @@ def main() -> int:
                 fails += mismatched(COMM, name)
     if P > 1:
         fails += subcomms(names)
-    fails = sorted(set(sum(COMM.allgather(fails), [])))
+    fails = sorted({f for rank_fails in COMM.allgather(fails) for f in rank_fails})
     if RANK == 0:
         for f in fails:
             print("FAIL", f, flush=True)
