@@ -27,25 +27,16 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from . import _shm, hier, rabenseifner, recursive_doubling, ring, shm
+from . import _shm, hier, shm
 from ._common import flat, ufunc
+from ._pick import DEFAULT, KB, MB, THRESHOLDS  # noqa: F401 (public names)
+from ._pick import point_to_point as choose
 
-KB, MB = 1024, 1024 * 1024
-THRESHOLDS: dict[int, tuple[int, int]] = {2: (4 * MB, 8 * MB), 3: (256 * KB, 1 * MB), 4: (256 * KB, 4 * MB)}
-DEFAULT = (1 * MB, 8 * MB)  # p >= 5
 SHM_MAX: dict[int, int] = {2: 4 * MB, 3: 4 * MB, 4: 32 * MB}  # one node: shm below, point-to-point from
 SHM_MAX_DEFAULT = 8 * MB  # p >= 5
 HIER_MIN = 1 * MB  # several nodes: hier from here on
 _OK_OPS = {op.py2f() for op in (MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN, MPI.LAND, MPI.LOR, MPI.LXOR,
                                 MPI.BAND, MPI.BOR, MPI.BXOR)}
-
-
-def choose(nbytes: int, p: int, table: dict[int, tuple[int, int]] = THRESHOLDS):
-    """Return the allreduce function auto uses for a message of nbytes on p ranks."""
-    small, large = table.get(p, DEFAULT)
-    if nbytes < small:
-        return recursive_doubling.allreduce
-    return rabenseifner.allreduce if nbytes < large else ring.allreduce
 
 
 def choose_node(nbytes: int, p: int, node: _shm.Node):

@@ -6,15 +6,16 @@ the other nodes' rank 0 and publishes the result for one more sync. Large messag
 built in a shared vector R (see `shm`); then local rank j allreduces slice j of R with local rank j
 of every other node (`slices` rails at once, so inter-node traffic is spread over local ranks instead
 of funnelled through one leader); all copy R out after a last sync. Inter-node steps use the
-point-to-point kernel `auto.choose` picks for that size and node count.
+point-to-point kernel `_pick.point_to_point` (auto's choice) picks for that size and node count.
 """
 from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
 
-from . import _shm, auto
+from . import _shm
 from ._common import blocks, flat, nothing_to_exchange, ufunc
+from ._pick import point_to_point
 
 # Inter-node rails for large messages: 0 = every local rank (min over nodes), 1 = leaders only.
 # Measured (p=4, 2 simulated nodes, kernels.tune bandwidth, 5 reps): leaders 1.05-1.65 GB/s busbw at
@@ -39,7 +40,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         q = (node.count + 1) & 1
         if node.rank == 0:
             rail = node.rails[0]
-            auto.choose(recv.nbytes, rail.Get_size())(rail, recv, recv, op)
+            point_to_point(recv.nbytes, rail.Get_size())(rail, recv, recv, op)
             np.copyto(mine[q], recv)
         node.arrive()
         if node.rank:
@@ -52,6 +53,6 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
             off = blocks(send.size, s)
             part = R[: send.size][off[node.rank]:off[node.rank + 1]]
             rail = node.rails[node.rank]
-            auto.choose(part.nbytes, rail.Get_size())(rail, part, part, op)
+            point_to_point(part.nbytes, rail.Get_size())(rail, part, part, op)
         node.arrive()
     np.copyto(recv, R[: send.size])
