@@ -32,3 +32,10 @@ def busbw_factor(p: int) -> float:
 def busbw(nbytes: float, seconds: float, p: int) -> float:
     """Bus bandwidth in GB/s (1e9 B/s) of an allreduce of `nbytes` that took `seconds` on p ranks."""
     return nbytes / seconds / 1e9 * busbw_factor(p) if seconds > 0 else 0.0
+
+
+def blocks(n: int, p: int) -> list[int]:
+    """Offsets of p near-equal contiguous blocks of n items: block i is [off[i], off[i+1]) (the first
+    n mod p blocks one item longer). Every partitioning kernel and the parameter servers use it."""
+    q, r = divmod(n, p)
+    return [i * q + min(i, r) for i in range(p + 1)]

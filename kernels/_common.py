@@ -8,6 +8,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from . import blocks  # noqa: F401 (re-exported for the kernels)
+
 # MPI.Op is unhashable: key on the Fortran handle, an int that is fixed for predefined ops.
 _OPS = (
     ("SUM", MPI.SUM, np.add), ("PROD", MPI.PROD, np.multiply), ("MAX", MPI.MAX, np.maximum),
@@ -130,12 +132,6 @@ def _view1d(buf, name: str) -> np.ndarray:
     if not buf.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (shape {buf.shape}, strides {buf.strides})")
     return buf.reshape(-1)
-
-
-def blocks(n: int, p: int) -> list[int]:
-    """Offsets of p near-equal contiguous blocks of n items: block i is [off[i], off[i+1])."""
-    q, r = divmod(n, p)
-    return [i * q + min(i, r) for i in range(p + 1)]
 
 
 def scratch(dtype: np.dtype, size: int, slot: int = 0) -> np.ndarray:

@@ -17,17 +17,9 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
+from hpc.units import parse_size
+
 from . import BUILTINS
-
-UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """'64', '8KB', '4M' -> bytes."""
-    t = text.strip().upper()
-    num = t.rstrip("KMGB")
-    return int(float(num) * UNITS[t[len(num):]])
-
 
 def resolve(name: str):
     """Registered name (optionally name:key=value for int keyword args) -> callable."""

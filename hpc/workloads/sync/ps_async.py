@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpc.errors import HpcError
+from hpc.kernels import blocks
 from hpc.workloads.models import loss_fn
 from hpc.workloads.sync.base import (SchemeFacts, StepResult, TrainContext, Trainer, TrainOptions,
                                     broadcast_params, flat_params, make_optimizer, set_flat_params)
@@ -27,12 +28,6 @@ if TYPE_CHECKING:
 
 PUSH, PULL, FINAL = 7601, 7602, 7603
 HEADER = 2  # push: [clock, nonfinite flag]; reply: [aborting rank + 1 (0 = none), its step]
-
-
-def shard_offsets(n: int, servers: int) -> list[int]:
-    """Offsets of `servers` near-equal contiguous shards of n parameters."""
-    q, r = divmod(n, servers)
-    return [i * q + min(i, r) for i in range(servers + 1)]
 
 
 def check_layout(world: int, servers: int) -> None:
@@ -80,7 +75,7 @@ class PSAsyncTrainer(Trainer):
         broadcast_params(ctx.comm, self.params_list)
         flat = flat_params(self.params_list)
         self.n = flat.size
-        self.off = shard_offsets(self.n, self.k)
+        self.off = blocks(self.n, self.k)
         self.clock = 0
         self.stats: dict[str, Any] = {}
         if self.is_worker:
