@@ -157,3 +157,16 @@ def test_wheel_installs_kernels_and_templates_inside_hpc(tmp_path: Path) -> None
     assert dry.returncode == 0, dry.stdout + dry.stderr
     scripts = sorted((outside / "s" / "slurm").glob("*.sbatch"))
     assert len(scripts) == 2 and "#SBATCH" in scripts[0].read_text()
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """setup.cfg lists packages explicitly (kernels/ and slurm/ are mapped into hpc): a new
+    subpackage missing from that list would be absent from every non-editable install."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].split() if p.strip()}
+    found = {".".join(p.relative_to(REPO).parent.parts) for p in (REPO / "hpc").rglob("__init__.py")}
+    found |= {"hpc.kernels", "hpc.launch.templates"}
+    assert found == listed, f"missing from setup.cfg: {sorted(found - listed)}; stale: {sorted(listed - found)}"
