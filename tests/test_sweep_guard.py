@@ -62,3 +62,40 @@ def test_rerun_adopts_the_jobs_of_a_killed_slurm_sweep(slurm_cluster, tmp_path):
     assert sorted(r["np"] for r in recs) == [1, 2] and all(r["status"] == "ok" for r in recs)
     jobs = {r["provenance"]["slurm_job_id"] for r in recs}
     assert len(jobs) == 2, json.dumps(recs)[:500]
+
+
+def test_sigterm_cancels_a_slurm_sweeps_jobs(slurm_cluster, tmp_path):
+    out = tmp_path / "t"
+    env = slurm_cluster.env
+    args = ["sweep", "strong", "--np", "1,2", "--launcher", "slurm", "--out", str(out), "--before", "sleep 30",
+            "bench", "collective", "--algo", "mpi", "--sizes", "1KiB", "--batches", "1", "--iters", "2"]
+    proc = _start(*args, env=env)
+    deadline = time.monotonic() + 60
+    seen = ""
+    while time.monotonic() < deadline and "submitted" not in seen:
+        seen += proc.stdout.readline()
+    jobs = seen.split("submitted 2 job(s): ")[-1].split()[0].replace(",", " ").split() if "submitted 2" in seen else []
+    assert len(jobs) >= 1, seen
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=60)
+    err += slurm_cluster.run("squeue", "-h", "-o", "%i %j %T").stdout
+    assert proc.returncode != 0, rest + err
+    deadline = time.monotonic() + 30
+    left = None
+    while time.monotonic() < deadline:
+        q = slurm_cluster.run("squeue", "-h", "-o", "%i %j %T")
+        left = [ln for ln in q.stdout.splitlines() if "hpc-" in ln]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, f"jobs left queued after SIGTERM: {left}\n{seen}{rest}{err}"
+
+
+def test_a_failed_jobs_error_is_the_ranks_own_line_without_nul(tmp_path):
+    from hpc.launch.slurm import JobState, error_line
+
+    err = tmp_path / "job.err"
+    err.write_bytes(b"some warning\nhpc: error: rank 1: ValueError: bad buffer\n"
+                    b"--------------------------------------\nprterun noticed that process rank 1 exited\n\x00")
+    line = error_line(JobState("42", "FAILED", exit_code=1, stderr=str(err)))
+    assert line.endswith("rank 1: ValueError: bad buffer") and "\x00" not in line

@@ -118,12 +118,13 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
         return 0
     jobs: dict[str, Point] = dict(adopted)
     previous = max(adopted, key=int) if adopted and all(j.isdigit() for j in adopted) else None
-    for pt, path in scripts.items():
-        dep = None if opts.no_chain or previous is None else f"afterany:{previous}"
-        previous = slurm.submit(path, dependency=dep)
-        jobs[previous] = pt
-    con.print(f"submitted {len(jobs) - len(adopted)} job(s): {', '.join(j for j in jobs if j not in adopted)}")
-    try:
+    try:  # Ctrl-C or SIGTERM at any point from the first submission on cancels what was submitted
+        for pt, path in scripts.items():
+            dep = None if opts.no_chain or previous is None else f"afterany:{previous}"
+            previous = slurm.submit(path, dependency=dep)
+            jobs[previous] = pt
+        con.print(f"submitted {len(jobs) - len(adopted)} job(s): "
+                  f"{', '.join(j for j in jobs if j not in adopted)}")
         states = slurm.wait(jobs, timeout_s=opts.point_timeout * max(1, len(jobs)) + 120)
     except KeyboardInterrupt:
         slurm.cancel(jobs)
