@@ -99,3 +99,14 @@ def test_a_failed_jobs_error_is_the_ranks_own_line_without_nul(tmp_path):
                     b"--------------------------------------\nprterun noticed that process rank 1 exited\n\x00")
     line = error_line(JobState("42", "FAILED", exit_code=1, stderr=str(err)))
     assert line.endswith("rank 1: ValueError: bad buffer") and "\x00" not in line
+
+
+def test_a_workload_that_cannot_run_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "never"
+    line = one_error_line(hpc("sweep", "strong", "--np", "1,2", "--out", str(out), "train", "--sync",
+                              "nosuch_pkg:func", timeout=60))
+    assert "nosuch_pkg" in line and not out.exists()
+    # on Slurm the nodes' GPUs are not this machine's: a cuda workload is written, not refused
+    dry = hpc("sweep", "strong", "--np", "1,2", "--launcher", "slurm", "--dry-run", "--out", str(out),
+              "train", "--sync", "ring", "--device", "cuda", timeout=60)
+    assert dry.returncode == 0 and "wrote 2 scripts" in dry.stdout, dry.stdout + dry.stderr

@@ -34,4 +34,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "staging; `ring` reduces on the GPU (default cpu)")
     add_np_argument(c, default_timeout=3600)
     c.set_defaults(func=lambda a: bench.run(options(bench.BenchConfig, a)),
-                   precheck=lambda a: bench.precheck(options(bench.BenchConfig, a)))
+                   precheck=lambda a, here=True: bench.precheck(options(bench.BenchConfig, a)))

@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if workload is not None:
             args.workload = workload
-            args.parse_workload = parser.parse_args
+            here = getattr(args, "launcher", "local") == "local"
+            args.parse_workload = lambda words: _check_workload(parser, words, here)
         if not getattr(args, "func", None):
             parser.print_help()
             return 0 if not argv else 2
@@ -87,6 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env.get("HPC_DEBUG"):
             traceback.print_exc()
         return _fail(f"{type(exc).__name__}: {exc}", 1)
+
+
+def _check_workload(parser: argparse.ArgumentParser, words: list[str], here: bool) -> None:
+    """A sweep's workload must parse, and pass the checks its own command runs before mpirun
+    (unknown scheme, missing package, a model that cannot build on this device...), so that a
+    sweep (or a --dry-run's scripts) never starts what cannot run as written."""
+    wargs = parser.parse_args(words)
+    precheck = getattr(wargs, "precheck", None)
+    if precheck:
+        precheck(wargs, here)  # here: the points start on this machine (local launcher)
 
 
 def _inside_mpi() -> bool:

@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "median step) seconds (default 300)")
     r.add_argument("--save-params", metavar="FILE.npy", help="save the final flat float32 parameters (np.save; written by the first rank holding them)")
     add_np_argument(p, default_timeout=3600)
-    p.set_defaults(func=lambda a: train.run(_config(a)), precheck=lambda a: train.precheck(_config(a)))
+    p.set_defaults(func=lambda a: train.run(_config(a)), precheck=lambda a, here=True: train.precheck(_config(a), here))
 
 
 def _config(args: argparse.Namespace) -> train.TrainConfig:

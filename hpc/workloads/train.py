@@ -184,20 +184,25 @@ def plan(tc: TrainConfig, world: int | None) -> Plan:
     return Plan(scheme, cfg, scaling, servers, lr, facts, explicit)
 
 
-def precheck(tc: TrainConfig) -> None:
-    """Parent-side checks before mpirun starts: bad flags, unknown sync/model, missing packages."""
+def precheck(tc: TrainConfig, here: bool = True) -> None:
+    """Parent-side checks before mpirun starts: bad flags, unknown sync/model, missing packages.
+
+    `here`: the ranks will start on this machine, so its GPUs are theirs (False for a Slurm sweep
+    prepared on a login node: the nodes' GPUs are checked by the ranks themselves)."""
     from hpc.plugins import registry
     from hpc.workloads import sync
 
     if tc.reps < 1:
         raise HpcError(f"--reps must be >= 1, got {tc.reps}")
-    gpus = gpu.require_cuda() if tc.device == "cuda" else 0  # here = the node the ranks start on
+    gpus = gpu.require_cuda() if tc.device == "cuda" and here else 0
     for name in schemes(tc):
         pl = plan(replace(tc, sync=name), tc.np)
         if not sync.installed(pl.scheme):
             raise HpcError(sync.missing_message(pl.scheme))
-        if tc.device == "cuda":
+        if tc.device == "cuda" and here:
             precheck_cuda(name, pl.facts, tc.np or 1, gpus)
+        elif tc.device == "cuda":
+            pl.facts.check_cuda()
         if pl.facts.collective:
             registry.load(pl.scheme.option, pl.servers)
     if not pl.cfg.builtin:
