@@ -94,7 +94,7 @@ def test_fit_reads_csv_with_a_real_parser(tmp_path, text, ok):
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["law"] == "amdahl"
     else:
-        assert "time_s must be" in one_error_line(proc)
+        assert "not a measured time" in one_error_line(proc)
 
 
 # ---------------------------------------------------------------- records: whole lines or nothing

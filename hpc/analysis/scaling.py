@@ -252,8 +252,10 @@ def load_csv(path: str | Path) -> tuple[list[float], list[float]]:
             raise HpcError(f"{path}:{line}: np and time_s must be numbers, got {a!r}, {b!r}") from None
         if not (math.isfinite(nv) and nv == int(nv) and 1 <= nv <= 1e7):
             raise HpcError(f"{path}:{line}: np must be a whole number of ranks >= 1, got {a!r}")
-        if not (math.isfinite(tv) and 0 < tv < 1e12):
-            raise HpcError(f"{path}:{line}: time_s must be a positive number of seconds, got {b!r}")
+        if not (math.isfinite(tv) and tv > 0):
+            raise HpcError(f"{path}:{line}: non-positive or non-finite time_s {b!r}: times must be > 0")
+        if tv >= 1e12:
+            raise HpcError(f"{path}:{line}: time_s {b!r} is over 1e12 s: not a measured time")
         n.append(nv)
         t.append(tv)
     if not n:
