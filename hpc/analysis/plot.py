@@ -40,7 +40,7 @@ def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
     """Measured speedups (every rep and medians), ideal line, fitted curve with its CI band."""
     import numpy as np
 
-    from hpc.analysis.laws import AMDAHL, law_speedup
+    from hpc.analysis.laws import AMDAHL
 
     law = fits[0].law
     nmax = max(f.points[-1]["np"] for f in fits)
@@ -50,16 +50,7 @@ def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
         c = color(_name(f))
         ns = np.array([p["np"] for p in f.points], dtype=float)
         s = np.array([p["speedup"] for p in f.points])
-        inside = grid <= ns.max()
-        good = _good_fit(f)
-        span = slice(None) if good else inside  # a poor fit gets no extrapolation at all
-        curve = law_speedup(law, grid, f.p)
-        if f.ci95:
-            ax.fill_between(grid[span], law_speedup(law, grid, f.ci95[0])[span],
-                            law_speedup(law, grid, f.ci95[1])[span], color=c, alpha=0.15, lw=0)
-        ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
-        if good:
-            ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
+        good = _fit_curve(ax, f, grid, c, per_rank=False)
         ci = f"[{f.ci95[0]:.3f}, {f.ci95[1]:.3f}]" if f.ci95 else ""
         ci += "" if good else f" — poor fit (R² {f.r2:.2f}): no extrapolation"
         # whiskers: the speedup range over repetitions (T(1) median over each rep's T(N))
@@ -87,7 +78,7 @@ def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
     """Parallel efficiency S(N)/N, measured and fitted."""
     import numpy as np
 
-    from hpc.analysis.laws import AMDAHL, law_speedup
+    from hpc.analysis.laws import AMDAHL
 
     law = fits[0].law
     nmax = max(f.points[-1]["np"] for f in fits)
@@ -97,16 +88,7 @@ def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
         c = color(_name(f))
         ns = np.array([p["np"] for p in f.points], dtype=float)
         e = np.array([p["efficiency"] for p in f.points])
-        inside = grid <= ns.max()
-        good = _good_fit(f)
-        span = slice(None) if good else inside
-        eff = law_speedup(law, grid, f.p) / grid
-        if f.ci95:
-            ax.fill_between(grid[span], (law_speedup(law, grid, f.ci95[0]) / grid)[span],
-                            (law_speedup(law, grid, f.ci95[1]) / grid)[span], color=c, alpha=0.15, lw=0)
-        ax.plot(grid[inside], eff[inside], color=c, lw=1.8)
-        if good:
-            ax.plot(grid[~inside], eff[~inside], color=c, lw=1.4, ls="--")
+        _fit_curve(ax, f, grid, c, per_rank=True)
         ax.plot(ns, e, _MARKERS[i % len(_MARKERS)], color=c, ms=6, mec="white", mew=0.6,
                 label=_short(f))
     _axis_n(ax, _extrap_ns(nmax))
@@ -116,6 +98,26 @@ def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
+
+
+def _fit_curve(ax, f, grid, c, per_rank: bool) -> bool:
+    """The fitted law (speedup, or efficiency = speedup/N when `per_rank`) with its 95% band: solid
+    over the measured N, dashed beyond; a poor fit (R² < 0.9) is drawn only where measured.
+    Returns whether the fit was good enough to extrapolate."""
+    from hpc.analysis.laws import law_speedup
+
+    scale = grid if per_rank else 1.0
+    inside = grid <= max(p["np"] for p in f.points)
+    good = _good_fit(f)
+    span = slice(None) if good else inside
+    curve = law_speedup(f.law, grid, f.p) / scale
+    if f.ci95:
+        lo, hi = (law_speedup(f.law, grid, q) / scale for q in f.ci95)
+        ax.fill_between(grid[span], lo[span], hi[span], color=c, alpha=0.15, lw=0)
+    ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
+    if good:
+        ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
+    return good
 
 
 def _good_fit(fit) -> bool:
