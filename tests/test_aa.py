@@ -6,7 +6,7 @@ import json
 
 from tests.helpers import hpc
 
-SWEEP = ["--np", "2", "--reps", "3"]
+SWEEP = ["--np", "2", "--reps", "5"]
 WORK = ["bench", "collective", "--algo", "ring,mpi", "--sizes", "256KB,1MB", "--batches", "3"]
 
 

@@ -274,23 +274,26 @@ def _rank_env(pid: int) -> int | None:
     return None
 
 
-def _training_and_its_rank1(marker, *args: str) -> tuple[subprocess.Popen, int]:
-    """A long 2-rank training run (records to `marker`) and the pid of its rank 1."""
+def _training_and_its_rank1(marker, *args: str) -> tuple[subprocess.Popen, int, list[str]]:
+    """A long 2-rank training run (records to `marker`), the pid of its rank 1 once the training
+    loop runs (its first progress line), and the stderr lines read so far."""
     proc = subprocess.Popen([sys.executable, "-m", "hpc", "train", "--np", "2", "--steps", "1000000", *args,
-                             "--json", str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    victim = None
-    while time.monotonic() < deadline and victim is None:
-        victim = next((p for p in _ranks_of(str(marker)) if _rank_env(p) == 1), None)
-        time.sleep(0.3)
-    assert victim, "rank 1 never started"
-    return proc, victim
+                             "--json", str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HPC_PROGRESS_S="0.5"))
+    seen: list[str] = []
+    while not any(line.startswith("hpc train: step") for line in seen):
+        line = proc.stderr.readline()
+        assert line, "the run ended before training started: " + "".join(seen)
+        seen.append(line)
+    victim = next((p for p in _ranks_of(str(marker)) if _rank_env(p) == 1), None)
+    assert victim, "rank 1 not found"
+    return proc, victim, seen
 
 
 @pytest.mark.parametrize("sync", ["ddp"])
 def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
-    proc, victim = _training_and_its_rank1(tmp_path / "victim.jsonl", "--sync", sync)
-    time.sleep(8)  # well into training
+    proc, victim, _ = _training_and_its_rank1(tmp_path / "victim.jsonl", "--sync", sync)
+    time.sleep(1)
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     line = [ln for ln in err.splitlines() if ln.startswith("hpc: error:")][0]
@@ -299,8 +302,8 @@ def test_a_rank_killed_from_outside_is_named_not_its_peer(tmp_path, sync):
 
 def test_a_stopped_rank_is_noticed(tmp_path):
     """SIGSTOP on one rank: the others' step watchdog ends the job with a message, no hang."""
-    proc, victim = _training_and_its_rank1(tmp_path / "stopped.jsonl", "--sync", "ring", "--step-timeout", "5")
-    time.sleep(6)
+    proc, victim, _ = _training_and_its_rank1(tmp_path / "stopped.jsonl", "--sync", "ring", "--step-timeout", "5")
+    time.sleep(1)
     t0 = time.monotonic()
     os.kill(victim, signal.SIGSTOP)
     try:

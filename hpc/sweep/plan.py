@@ -176,7 +176,9 @@ def make_plan(opts: SweepOptions, workload: Sequence[str],
         if out.exists() and any(out.iterdir()):
             raise HpcError(f"{out} exists and is not an hpc sweep directory; use another --out")
         sweep_id = uuid.uuid4().hex[:12]
-    points = [Point(n, k, r) for k in nodes for n in nps for r in range(reps) if n >= k and n % k == 0]
+    # repetitions outermost: rep r of every point runs before rep r+1 of any, so a point's repetitions
+    # are spread over the sweep's time and see the machine's drift instead of one moment of it
+    points = [Point(n, k, r) for r in range(reps) for k in nodes for n in nps if n >= k and n % k == 0]
     if not points:
         raise HpcError("no rank count splits evenly over the node counts: check --np and --nodes")
     out.mkdir(parents=True, exist_ok=True)

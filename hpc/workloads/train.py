@@ -520,11 +520,12 @@ class _Progress:
 
     def __init__(self, show: bool, steps: int):
         self.show, self.steps = show, steps
+        self.every = float(env.get("HPC_PROGRESS_S") or self.PROGRESS_S)
         self.t0 = self.last = time.monotonic()
 
     def tick(self, step: int, loss: float) -> None:
         now = time.monotonic()
-        if self.show and now - self.last >= self.PROGRESS_S and step < self.steps:
+        if self.show and now - self.last >= self.every and step < self.steps:
             self.last = now
             rate = step / (now - self.t0)
             sys.stderr.write(f"hpc train: step {step}/{self.steps} · {rate:.2f} steps/s · loss {loss:.4f} · "
