@@ -304,3 +304,31 @@ def test_cli_fit_collective_records_default_to_alpha_beta(sweep):
     proc = hpc("fit", str(sweep / "coll"), "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["law"] == "alpha-beta"
+
+
+def test_between_run_scatter_widens_the_band_of_relative_points():
+    """Seen in CI: an A/A pair where one point's ring/mpi moved to 0.24x with tight reps. Relative to
+    the scatter of all points' ratios that is noise ('same'); one point far outside a tight scatter
+    of many is still a change."""
+    from tests.test_fit import coll_records
+
+    def runs(factors: dict[int, float], seed: int) -> tuple[list[dict], list[dict]]:
+        a = coll_records("ring", 5e-6, 5.0, nps=(2,), sizes=tuple(factors), seed=seed) + \
+            coll_records("mpi", 3e-6, 6.0, nps=(2,), sizes=tuple(factors), seed=seed + 1)
+        b = coll_records("ring", 5e-6, 5.0, nps=(2,), sizes=tuple(factors), seed=seed + 2) + \
+            coll_records("mpi", 3e-6, 6.0, nps=(2,), sizes=tuple(factors), seed=seed + 3)
+        for r in b:
+            if r["algo"] == "ring":
+                r["busbw_GBps"] *= factors[r["size_bytes"]]
+        return a, b
+
+    a, b = runs({1 << 18: 1.31, 1 << 20: 0.24}, 1)
+    rows, notes = compare.compare_records(a, b)
+    assert {r["verdict"] for r in rows if r["name"] == "ring"} == {"same"}, rows
+    assert any("scatter" in n for n in notes)
+    sizes = {1 << k: 1.0 for k in range(10, 22)}
+    sizes[1 << 21] = 0.4
+    a, b = runs(sizes, 7)
+    rows, _ = compare.compare_records(a, b)
+    verdicts = {r["variant"]: r["verdict"] for r in rows if r["name"] == "ring"}
+    assert verdicts[1 << 21] == "worse" and list(verdicts.values()).count("same") == len(sizes) - 1

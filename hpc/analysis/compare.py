@@ -140,21 +140,52 @@ def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
     df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1)) if se > 0 else 1.0
     tq = float(stats.t.ppf(1 - ALPHA / 2, df))
     row["ci95"] = [math.exp(d - tq * se), math.exp(d + tq * se)]
+    row["_fit"] = (d, se, df, higher_is_better)  # kept to judge again against a wider band
+    judge(row, band_log, drift)
+    return row
 
-    def p_beyond(band: float) -> float:  # two-sided p of "|change| > band" (agrees with the CI)
-        excess = abs(d) - band
-        if se == 0:
-            return 0.0 if excess > 0 else 1.0
-        return float(min(1.0, 2.0 * stats.t.sf(excess / se, df)))
 
-    row["p_value"] = p_beyond(band_log)
+def _p_beyond(d: float, se: float, df: float, band: float) -> float:
+    """Two-sided p-value of "|mean log ratio| > band" (so it agrees with the 95% CI)."""
+    from scipy import stats
+
+    excess = abs(d) - band
+    if se == 0:
+        return 0.0 if excess > 0 else 1.0
+    return float(min(1.0, 2.0 * stats.t.sf(excess / se, df)))
+
+
+def judge(row: dict[str, Any], band_log: float, drift: float = 1.0) -> None:
+    """Set the row's p-value and verdict against a noise band of ±band_log (log space)."""
+    d, se, df, higher_is_better = row["_fit"]
+    row["band_pct"] = 100.0 * math.expm1(band_log)
+    row["p_value"] = _p_beyond(d, se, df, band_log)
     if row["p_value"] >= ALPHA:
         row["verdict"] = "same"
-    elif p_beyond(band_log + abs(math.log(drift))) >= ALPHA:
+    elif _p_beyond(d, se, df, band_log + abs(math.log(drift))) >= ALPHA:
         row["verdict"] = "inconclusive"
     else:
         row["verdict"] = "worse" if (d > 0) != higher_is_better else "better"
-    return row
+
+
+def _widen_by_scatter(rows: list[dict[str, Any]], band_log: float) -> float | None:
+    """Between two runs each point relative to its in-run reference still moves by a run-to-run
+    amount that repetitions inside one run cannot see (measured here: one point of an A/A pair at
+    0.24x while its reps agreed). Its size shows in how much the points' ratios scatter: the band
+    becomes at least twice their robust spread (1.4826 x MAD of the log ratios), so an A/A pair stays
+    'same' while a change that stands out from the scatter is still called. Returns the new band."""
+    import numpy as np
+
+    judged = [r for r in rows if r.get("_fit") and r.get("relative_to")]
+    if len(judged) < 2:
+        return None
+    d = np.array([r["_fit"][0] for r in judged])
+    scatter = 2.0 * 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    if scatter <= band_log:
+        return None
+    for r in judged:
+        judge(r, scatter, r.get("drift", 1.0))
+    return scatter
 
 
 def _index(records: Iterable[dict[str, Any]], with_name: bool = True) -> dict[tuple, list[dict]]:
@@ -206,6 +237,7 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
     res = compare_samples(sa, sb, higher, threshold, drift)
     if min(reps_a, reps_b) < MIN_REPS:
         res.update(verdict="too few reps", ci95=None, p_value=None)
+        res.pop("_fit", None)
     if ref is not None:  # report medians in the metric's own unit, the ratio relative to the reference
         res["a_median"] = float(np.median(samples(ra, m)))
         res["b_median"] = float(np.median(samples(rb, m)))
@@ -251,6 +283,12 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
     if relative:
         notes.append(f"{relative} point(s) compared relative to {ref} measured in the same run "
                      "(machine drift cancelled)")
+        wide = _widen_by_scatter(rows, math.log1p(threshold_pct / 100.0))
+        if wide is not None:
+            notes.append(f"those points' ratios scatter between the runs: their noise band is "
+                         f"±{100 * math.expm1(wide):.0f}% (twice the robust spread)")
+    for r in rows:
+        r.pop("_fit", None)
     if abs(math.log(drift)) > math.log1p(threshold_pct / 100):
         notes.append(f"the machine probe ran ×{drift:.2f} slower in B than in A: changes it could "
                      "explain are 'inconclusive'")
@@ -283,6 +321,8 @@ def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: s
         rows.append(row)
     if not rows:
         raise HpcError(f"nothing to compare against {baseline!r}: no other algorithm shares a point")
+    for r in rows:
+        r.pop("_fit", None)
     return rows, notes
 
 
