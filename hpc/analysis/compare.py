@@ -358,9 +358,11 @@ def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
     metrics = sorted({f"{r['metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better)"
                       for r in rows})
     tab.notes += list(notes)
+    bands = sorted({round(r["band_pct"]) for r in rows}) or [NOISE_BAND_PCT]
+    shown = "/".join(f"±{b:g}%" for b in bands)
     tab.notes.append(f"ratio of {', '.join(metrics)}; worse/better only when the whole 95% CI lies "
-                     f"beyond the ±{rows[0]['band_pct'] if rows else NOISE_BAND_PCT:g}% noise band "
-                     f"(p < 0.05 means the same); fewer than {MIN_REPS} repetitions: 'too few reps'")
+                     f"beyond the noise band ({shown}; per point with --wide) (p < 0.05 means the same); "
+                     f"fewer than {MIN_REPS} repetitions: 'too few reps'")
     return tab
 
 
