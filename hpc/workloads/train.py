@@ -470,7 +470,7 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
     `where` names a data file whose batches are checked (labels, NaN) as they are read."""
     import torch
 
-    from hpc.comm import deadline
+    from hpc.comm import Watchdog
 
     log = StepLog()
     losses: list[float] = []
@@ -479,36 +479,42 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
         return log, losses
     lockstep = facts.lockstep
     progress = _Progress(comm.Get_rank() == 0, steps)
-    for s in range(steps):
-        t0 = time.perf_counter()
-        x, y = next(source)
-        if where is not None:
-            check_batch(trainer.ctx.cfg, x, y, f"{where}, step {s}")
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
-        yt = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True)
-        t1 = time.perf_counter()
-        # a rank stopped, hung in a plug-in or dead without a word: the others wait here, so a
-        # watchdog of a generous multiple of the usual step time ends the job and says which step
-        limit = max(step_timeout, 50 * float(np.median(log.total))) if log.total else 4 * step_timeout
-        with deadline(limit, f"training step {s}"):
+    watchdog, limit = Watchdog(), 4 * step_timeout
+    try:
+        for s in range(steps):
+            t0 = time.perf_counter()
+            x, y = next(source)
+            if where is not None:
+                check_batch(trainer.ctx.cfg, x, y, f"{where}, step {s}")
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+            yt = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True)
+            t1 = time.perf_counter()
+            # a rank stopped, hung in a plug-in or dead without a word: the others wait here, so a
+            # watchdog of a generous multiple of the usual step time ends the job and says which step
+            if s in (1, 10) or s % 100 == 0:
+                limit = max(step_timeout, 50 * float(np.median(log.total))) if log.total else 4 * step_timeout
+            watchdog.arm(limit, f"training step {s}")
             res = trainer.step(xt, yt)
-        t2 = time.perf_counter()
-        log.data.append(t1 - t0)
-        log.compute.append(res.compute_s)
-        log.comm.append(res.comm_s)
-        log.total.append(t2 - t0)
-        log.comm_total.append(res.extra.get("comm_total_s", float("nan")))
-        log.loss.append(res.loss)
-        progress.tick(s + 1, res.loss)
-        if lockstep:  # untimed: the global loss, and the same non-finite verdict on every rank
-            total = comm.allreduce(res.loss)
-            mean = total / comm.Get_size()
-            losses.append(mean)
-            if not np.isfinite(mean):
-                bad = comm.allgather(np.isfinite(res.loss))
-                who = ", ".join(str(r) for r, ok in enumerate(bad) if not ok) or "?"
-                raise HpcError(f"non-finite loss at step {s} (rank {who}): training diverged "
-                               "(lower --lr?)")
+            watchdog.disarm()
+            t2 = time.perf_counter()
+            log.data.append(t1 - t0)
+            log.compute.append(res.compute_s)
+            log.comm.append(res.comm_s)
+            log.total.append(t2 - t0)
+            log.comm_total.append(res.extra.get("comm_total_s", float("nan")))
+            log.loss.append(res.loss)
+            progress.tick(s + 1, res.loss)
+            if lockstep:  # untimed: the global loss, and the same non-finite verdict on every rank
+                total = comm.allreduce(res.loss)
+                mean = total / comm.Get_size()
+                losses.append(mean)
+                if not np.isfinite(mean):
+                    bad = comm.allgather(np.isfinite(res.loss))
+                    who = ", ".join(str(r) for r, ok in enumerate(bad) if not ok) or "?"
+                    raise HpcError(f"non-finite loss at step {s} (rank {who}): training diverged "
+                                   "(lower --lr?)")
+    finally:
+        watchdog.close()
     trainer.finish_worker()
     return log, losses
 
