@@ -19,6 +19,8 @@ MPI-3 gives for the unified model: stores before `Win.Sync` are visible to a pee
 counter and then called `Win.Sync` itself (Win.Sync is a full memory barrier, ~60 ns). Counter words
 are aligned 8-byte integers written by one rank only, so loads never see a torn value. This is one
 shared-memory flag round per sync (no MPI call, no message), against two message hops for a Barrier.
+A wait polls first (yielding the core when ranks outnumber cores) and after SPIN_S sleeps on the
+peer's counter word with a futex; `signal` wakes sleepers (header word SLEEPING says whether any).
 Buffers are reused safely because every buffer written before sync t is read only between sync t and
 t+1: a rank passing sync t+1 knows every peer has finished reading what sync t published.
 """
@@ -34,9 +36,11 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ._common import SLEEP_S, SPIN_S, blocks
+from . import _futex
+from ._common import SPIN_S, backoff, blocks
 
-HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signature by sync parity
+HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signature by sync parity,
+SLEEPING = 3  # [3] nonzero while this rank sleeps on a peer's count (futex)
 SMALL_BYTES = 16 * 1024  # one-sync path up to here: every rank reduces all p slots itself
 CHUNK_BYTES = 128 * 1024  # reduce unit: p operand chunks + result stay in L2
 PAGE = 4096
@@ -45,6 +49,7 @@ BUSY_S = 50e-6  # busy-poll this long before yielding, when the node is not over
 # at 8 B, 1.29x at 1 KB; 3 us -> 2.74x / 1.46x; 10 us -> 3.23x / 1.87x: a peer sharing the core
 # can only arrive once we give the core up.
 OVERSUB_SPIN_S = 0.0
+FUTEX_TIMEOUT_S = 0.01  # a futex sleep re-checks at least this often (defensive; wakes are not lost)
 _yield = getattr(os, "sched_yield", lambda: None)
 
 
@@ -153,6 +158,8 @@ class Node:
         ctl_bytes = -(-(p * HEADER_WORDS * 8 + 2 * p * SMALL_BYTES) // PAGE) * PAGE
         self.ctl_win, bufs = _alloc(ctl_bytes if self.rank == 0 else 0, self.node)
         self.ctl = memoryview(bufs[0]).cast("B").cast("q")
+        self.ctl_addr = bufs[0].address
+        self.futex = _futex.available()  # sleep in the kernel instead of polling (see _await)
         self.small = np.frombuffer(bufs[0], np.uint8, 2 * p * SMALL_BYTES, p * HEADER_WORDS * 8)
         self.small = self.small.reshape(2, p, SMALL_BYTES)
         self.me = self.rank * HEADER_WORDS
@@ -180,13 +187,20 @@ class Node:
         self.count = t = self.count + 1
         self.ctl[self.me + 1 + (t & 1)] = sig
         self.ctl_win.Sync()  # my data and signature before my counter
-        self.ctl[self.me] = t
+        ctl = self.ctl
+        ctl[self.me] = t
+        if self.futex:
+            self.ctl_win.Sync()  # my counter before I look for sleepers (they look in the other order)
+            for j in self.peers:
+                if ctl[j + SLEEPING]:
+                    _futex.wake(self.ctl_addr + 8 * self.me + _futex.LOW_WORD)
+                    break
         return t
 
     def wait_for(self, j: int, t: int) -> None:
         """Wait until local rank j has reached sync point t (then its data is visible here)."""
         if self.ctl[j * HEADER_WORDS] < t:
-            _await(self.ctl, j * HEADER_WORDS, t, self.busy)
+            _await(self, j * HEADER_WORDS, t)
         self.ctl_win.Sync()
 
     def arrive(self, sig: int = 0) -> bool:
@@ -196,7 +210,7 @@ class Node:
         w = 1 + (t & 1)  # a peer may already be at sync t+1, never t+2: two signature words suffice
         for j in self.peers:
             if ctl[j] < t:
-                _await(ctl, j, t, self.busy)
+                _await(self, j, t)
         self.ctl_win.Sync()  # peers' data after their counters
         for j in self.peers:
             if ctl[j + w] != sig:
@@ -217,20 +231,41 @@ class Node:
         _LIVE.pop(id(self), None)
 
 
-def _await(ctl: memoryview, j: int, t: int, busy: bool) -> None:
-    """Wait for ctl[j] >= t: poll (busy, when every local rank has a core of its own; else yielding
-    the core, which a peer may need), then sleep between polls after SPIN_S.
+def _await(node: Node, j: int, t: int) -> None:
+    """Wait for ctl[j] >= t: busy-poll for BUSY_S when every local rank has a core of its own, then
+    poll yielding the core (a peer on it may be the one we wait for) until SPIN_S, then sleep on the
+    word (futex) until its writer wakes us; without futexes, sleep between polls (`backoff`).
 
-    A yield on a core shared with other work gives the core away for a time slice (~ms): that is
-    right when a peer waits for it, and the reason busy polling comes first when ranks <= cores.
+    Why not sleep at once: a futex wake costs ~40 us here (p=4 on 2 cores, 8 B: 56 us per call
+    against 14 us yield-polling); why sleep at all: a long wait (a peer still computing) must not
+    burn the core the peer needs, nor wake up 30 000 times a second to look.
     """
+    ctl = node.ctl
+    spin = BUSY_S if node.busy else OVERSUB_SPIN_S
     t0 = time.perf_counter()
     while ctl[j] < t:
         dt = time.perf_counter() - t0
-        if dt > SPIN_S:
-            time.sleep(SLEEP_S)
-        elif dt > (BUSY_S if busy else OVERSUB_SPIN_S):
+        if dt <= spin:
+            continue
+        if dt <= SPIN_S:
             _yield()
+        elif node.futex:
+            _sleep(node, j, t)
+        else:
+            time.sleep(backoff(dt))
+
+
+def _sleep(node: Node, j: int, t: int) -> None:
+    """One futex sleep on ctl[j] unless it reached t. Dekker order: flag, barrier, look; the writer
+    does count, barrier, look at flags; so either it sees our flag and wakes us, or we see its count.
+    """
+    ctl = node.ctl
+    ctl[node.me + SLEEPING] = 1
+    node.ctl_win.Sync()
+    v = ctl[j]
+    if v < t:
+        _futex.wait(node.ctl_addr + 8 * j + _futex.LOW_WORD, v, FUTEX_TIMEOUT_S)
+    ctl[node.me + SLEEPING] = 0
 
 
 def _on_comm_free(comm: MPI.Comm, keyval: int, node: Node) -> None:

@@ -12,6 +12,7 @@ import argparse
 import functools
 import hashlib
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -146,14 +147,48 @@ def refused(name: str) -> list[str]:
     return [f"{name} did not refuse a communicator spanning {_shm.node_of(COMM).nodes} nodes"]
 
 
+def idle(names: list[str], seconds: float) -> list[str]:
+    """The last rank arrives `seconds` late: every waiting rank must get the right answer, and
+    sleep meanwhile (CPU time under 10% of the wait), not poll."""
+    fails = []
+    for name in names:
+        for n in (2, 1 << 20):  # one-sync path and the streamed one
+            x = data(COMM, n, "float64", "SUM")
+            want = np.empty_like(x)
+            COMM.Allreduce(x, want)
+            out = np.empty_like(x)
+            ALGOS[name](COMM, x, out)  # windows built, first-call costs paid
+            COMM.Barrier()
+            if RANK == P - 1:
+                time.sleep(seconds)
+            cpu, t0 = time.process_time(), time.perf_counter()
+            ALGOS[name](COMM, x, out)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - t0
+            if not np.allclose(out, want, rtol=1e-12, atol=1e-12):
+                fails.append(f"{name} n={n} after a late rank: wrong result")
+            if RANK != P - 1 and cpu > 0.1 * max(wall, seconds / 2):
+                fails.append(f"{name} n={n}: rank {RANK} used {cpu:.3f} s of CPU waiting {wall:.2f} s "
+                             "for a late rank (expected to sleep)")
+    return fails
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="only check waiting for a rank this many seconds late")
     ap.add_argument("--algos", default="shm,hier,auto")
     ap.add_argument("--refuse", default="", help="kernels that must refuse this communicator")
     ap.add_argument("--nodes", type=int, default=0, help="expected number of nodes (0: do not check)")
     ap.add_argument("--quick", action="store_true", help="fewer dtypes and ops")
     args = ap.parse_args()
     names = [a for a in args.algos.split(",") if a]
+    if args.idle:
+        fails = sorted({f for rank_fails in COMM.allgather(idle(names, args.idle)) for f in rank_fails})
+        if RANK == 0:
+            for f in fails:
+                print("FAIL", f, flush=True)
+            print(f"p={P}: idle wait checked on {','.join(names)}, {len(fails)} failed", flush=True)
+        return 1 if fails else 0
     fails = [f for name in filter(None, args.refuse.split(",")) for f in refused(name)]
     if P > 1 and args.nodes and _shm.node_of(COMM).nodes != args.nodes:
         fails.append(f"expected {args.nodes} nodes, found {_shm.node_of(COMM).nodes}")
