@@ -308,8 +308,12 @@ def mismatch(node: Node, what: str) -> MismatchError:
                          f"(rank {node.comm.Get_rank()} of {node.comm.Get_size()})")
 
 
+CHAIN_MAX = 4  # up to this many ranks, p-1 binary ufunc calls beat one ufunc.reduce (~1 us fixed cost)
+
+
 def small_plan(node: Node, n: int, dtype: np.dtype, op: MPI.Op) -> tuple:
-    """(signature, per-parity (p, n) matrices of all slots, per-parity own slot) for the one-sync path.
+    """(signature, per-parity (p, n) matrices of all slots, per-parity own slot, per-parity rows)
+    for the one-sync path.
 
     Looked up once per call with one dict access: at 8 B every 100 ns shows (see kernels.auto).
     """
@@ -318,18 +322,29 @@ def small_plan(node: Node, n: int, dtype: np.dtype, op: MPI.Op) -> tuple:
     if plan is None:
         nb = n * dtype.itemsize
         mats = [node.small[q, :, :nb].view(dtype) for q in (0, 1)]
-        plan = node.small_plans[key] = (signature(nb, dtype, op), mats, [m[node.rank] for m in mats])
+        rows = [list(m) if node.size <= CHAIN_MAX else None for m in mats]
+        plan = node.small_plans[key] = (signature(nb, dtype, op), mats, [m[node.rank] for m in mats], rows)
     return plan
 
 
 def reduce_small(node: Node, send: np.ndarray, out: np.ndarray, fn: np.ufunc, op: MPI.Op, what: str) -> None:
-    """One sync: every rank publishes its input, then reduces all p slots itself (in rank order)."""
-    sig, mats, mine = small_plan(node, send.size, send.dtype, op)
+    """One sync: every rank publishes its input, then reduces all p slots itself (in rank order, so
+    every rank gets the same bits)."""
+    sig, mats, mine, rows = small_plan(node, send.size, send.dtype, op)
     q = (node.count + 1) & 1  # parity of the sync below (see module doc for why two suffice)
-    np.copyto(mine[q], send)
+    mine[q][...] = send
     if not node.arrive(sig):
         raise mismatch(node, what)
-    fn.reduce(mats[q], axis=0, out=out)
+    r = rows[q]
+    if r is None:
+        fn.reduce(mats[q], axis=0, out=out)
+        return
+    if len(r) == 1:  # a node of one rank (hier)
+        out[...] = r[0]
+        return
+    fn(r[0], r[1], out=out)
+    for x in r[2:]:
+        fn(out, x, out=out)
 
 
 def large_plan(node: Node, n: int, dtype: np.dtype) -> tuple:

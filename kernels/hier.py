@@ -36,7 +36,7 @@ def allreduce(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray, op: MPI.
         _shm.reduce_small(node, send, recv, fn, op, "hier")
         if node.nodes == 1:
             return
-        _, mats, mine = _shm.small_plan(node, send.size, send.dtype, op)
+        _, mats, mine, _ = _shm.small_plan(node, send.size, send.dtype, op)
         q = (node.count + 1) & 1
         if node.rank == 0:
             rail = node.rails[0]
