@@ -10,6 +10,7 @@ a wake that comes between the caller's last look and the sleep is never lost.
 from __future__ import annotations
 
 import ctypes
+import errno
 import platform
 import sys
 
@@ -17,6 +18,7 @@ _SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "ppc64le"
               "s390x": 238}
 FUTEX_WAIT, FUTEX_WAKE = 0, 1  # not the _PRIVATE variants: the word is shared between processes
 LOW_WORD = 0 if sys.byteorder == "little" else 4  # offset of an int64's low 32 bits
+_BENIGN = {errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR}  # FUTEX_WAIT: word changed, timed out, signal
 
 
 class _Timespec(ctypes.Structure):
@@ -45,14 +47,17 @@ def available() -> bool:
     return _fn is not None
 
 
-def wait(addr: int, expected: int, timeout_s: float) -> None:
+def wait(addr: int, expected: int, timeout_s: float) -> bool:
     """Sleep while the 32-bit word at addr equals `expected` (low 32 bits), at most timeout_s.
 
     Returns on a wake, a timeout, a signal, or at once if the word differs: callers re-check.
+    False when the kernel refused the call itself (no futex support, a seccomp filter, memory it
+    cannot key): the caller should stop using futexes rather than spin on failing calls.
     """
     v = expected & 0xFFFFFFFF
     ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
-    _fn(_NR, addr, FUTEX_WAIT, v - (1 << 32) if v >= 1 << 31 else v, ctypes.byref(ts), None, 0)
+    rc = _fn(_NR, addr, FUTEX_WAIT, v - (1 << 32) if v >= 1 << 31 else v, ctypes.byref(ts), None, 0)
+    return rc == 0 or ctypes.get_errno() in _BENIGN
 
 
 def wake(addr: int) -> None:

@@ -263,8 +263,8 @@ def _sleep(node: Node, j: int, t: int) -> None:
     ctl[node.me + SLEEPING] = 1
     node.ctl_win.Sync()
     v = ctl[j]
-    if v < t:
-        _futex.wait(node.ctl_addr + 8 * j + _futex.LOW_WORD, v, FUTEX_TIMEOUT_S)
+    if v < t and not _futex.wait(node.ctl_addr + 8 * j + _futex.LOW_WORD, v, FUTEX_TIMEOUT_S):
+        node.futex = False  # refused by the kernel: poll with backoff from now on (`_await`)
     ctl[node.me + SLEEPING] = 0
 
 

@@ -76,3 +76,23 @@ def test_waiting_for_a_late_rank_sleeps() -> None:
     (Polling with short sleeps, as before, cost ~18% of a core here; a futex sleep ~1.5%.)"""
     rc, out = run_check(3, "--algos", "shm,hier,auto", "--idle", "1.0")
     assert rc == 0 and "idle wait checked" in out and " 0 failed" in out, out[-4000:]
+
+
+def test_futex_wait_returns_on_change_timeout_and_refusal() -> None:
+    """The futex primitive itself, in this process: a word that differs returns at once, an equal
+    one sleeps until the timeout, and an address the kernel cannot use says so (callers fall back)."""
+    import ctypes
+    import time
+
+    from hpc.kernels import _futex
+
+    if not _futex.available():
+        pytest.skip("no futex on this platform (callers poll)")
+    word = ctypes.c_int32(5)
+    addr = ctypes.addressof(word)
+    t0 = time.perf_counter()
+    assert _futex.wait(addr, 6, 1.0) and time.perf_counter() - t0 < 0.5  # differs: EAGAIN at once
+    t0 = time.perf_counter()
+    assert _futex.wait(addr, 5, 0.05) and time.perf_counter() - t0 >= 0.04  # equal: ETIMEDOUT
+    assert not _futex.wait(8, 0, 0.05)  # unmapped page: EFAULT, a refusal
+    _futex.wake(addr)  # nobody sleeping: harmless
