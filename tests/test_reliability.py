@@ -66,6 +66,23 @@ def test_bench_keeps_every_record_measured_before_a_failure(tmp_path):
                                                                   ("mpi", 1024)]
 
 
+def test_bench_algorithm_that_writes_its_sendbuf_fails_alone(tmp_path):
+    """Algorithms share one size's buffers in the interleaved timing: one that changes its input is
+    reported as failed, and the others after it still get (and are checked on) the right input."""
+    out = tmp_path / "b.jsonl"
+    proc = hpc("bench", "collective", "--algo", f"{HOSTILE}:writes_sendbuf,mpi,ring", "--no-verify",
+               "--np", "2", "--sizes", "1KiB,64KiB", "--batches", "2", "--iters", "3", "--json", str(out),
+               timeout=180)
+    assert proc.returncode != 0 and "wrong results" in proc.stderr
+    kept = {(r["algo"], r["size_bytes"]): r for r in records.load(out)}
+    assert len(kept) == 6
+    for size in (1024, 65536):
+        bad = kept[("hostile:writes_sendbuf", size)]
+        assert bad["status"] == "failed" and bad["error"] == "it changed its send buffer"
+        assert kept[("mpi", size)]["status"] == "ok" and kept[("ring", size)]["status"] == "ok"
+        assert kept[("mpi", size)]["batches"] == 2
+
+
 # ---------------------------------------------------------------- bad input: one line, up front
 
 @pytest.mark.parametrize("args,msg", [

@@ -1,7 +1,8 @@
 """Collective benchmark (`hpc bench collective`): OSU / nccl-tests style timing of allreduce algorithms side by side.
 
-Per size: a correctness check, warm-up, iterations scaled to the message size, timed in batches
-(every batch kept as a repetition); latency min/avg/max across ranks, algbw = bytes / time and
+Per size, for every algorithm: a correctness check, warm-up, iterations scaled to the message size;
+then timed batches interleaved across the algorithms (batch b of each, then b+1; every batch kept as
+a repetition). Latency min/avg/max across ranks, algbw = bytes / time and
 busbw = algbw * 2(p-1)/p, the figure that is comparable across rank counts. With `--device cuda` the
 buffers are torch tensors on the rank's GPU, reduced as workloads/device.py says (`mpi`: the device
 buffer into a CUDA-aware MPI; `ring`: additions on the GPU; other SPECs: staged through pinned host
@@ -88,7 +89,7 @@ def run(cfg: BenchConfig) -> int:
     """On every rank: verify plug-ins, time every (size, algorithm) point interleaved, print, record."""
     from rich.progress import Progress
 
-    from hpc.comm import console, deadline, world
+    from hpc.comm import Watchdog, console, world
     from hpc.plugins import registry
     from hpc.plugins.verify import verify
 
@@ -112,21 +113,37 @@ def run(cfg: BenchConfig) -> int:
     nodes = len(prov["hosts"])
     own = {coll.spec: comm.Dup() for coll in colls}  # a stray message cannot reach another algorithm
     rows: list[dict[str, Any]] = []
+    watch = Watchdog()
     try:
         with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
-            task = progress.add_task("allreduce", total=len(points) * len(colls))
+            task = progress.add_task("allreduce", total=len(points) * (len(colls) + max(1, cfg.batches)))
             for nbytes in points:
-                for coll in colls:  # algorithms interleaved per size: the machine's noise hits all alike
-                    progress.update(task, description=f"{coll.name} {nbytes} B")
-                    with deadline(cfg.case_timeout + 40 * cfg.target_time * (cfg.batches + cfg.warmup),
-                                  f"{coll.name} at {nbytes} B"):
-                        rec = measure(own[coll.spec], coll, nbytes, cfg, dev, dcolls.get(coll.spec))
-                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
-                    rows.append(rec)
-                    if comm.Get_rank() == 0 and cfg.json:  # each point kept as soon as it is measured
-                        records.append(cfg.json, [rec])
+                bufs = buffers(comm, nbytes, cfg, dev)
+                pts = []
+                for coll in colls:
+                    progress.update(task, description=f"{coll.name} {nbytes} B: check, warm-up")
+                    watch.arm(cfg.case_timeout + 40 * cfg.target_time * (1 + cfg.warmup), f"{coll.name} at {nbytes} B")
+                    pts.append(prepare(own[coll.spec], coll, bufs, cfg, dcolls.get(coll.spec)))
                     progress.advance(task)
+                # batch b of every algorithm, then b+1: the machine's drift (load, where the scheduler
+                # put the ranks, which stays for seconds) hits every algorithm alike
+                for b in range(max(1, cfg.batches)):
+                    progress.update(task, description=f"{nbytes} B: batch {b + 1}")
+                    for pt in pts:
+                        watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
+                        pt.batches.append(time_batch(own[pt.coll.spec], pt))
+                        if pt.clobbers:
+                            bufs.restore()
+                    progress.advance(task)
+                watch.disarm()
+                recs = [record(own[pt.coll.spec], pt, bufs, cfg) for pt in pts]
+                for rec in recs:
+                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
+                rows += recs
+                if comm.Get_rank() == 0 and cfg.json:  # each size's points kept as soon as measured
+                    records.append(cfg.json, recs)
     finally:
+        watch.close()
         for c in own.values():
             c.Free()
     if comm.Get_rank() == 0:
@@ -153,64 +170,119 @@ def _cuda_setup(comm: "MPI.Comm") -> tuple[Any, tuple[bool, str]]:
     return dev, agreed_cuda_aware(comm)
 
 
-def measure(comm: "MPI.Comm", coll: Collective, nbytes: int, cfg: BenchConfig, dev: Any = None,
-            dcoll: Any = None) -> dict[str, Any]:
-    """Check, warm up and time one (algorithm, size) point; every rank returns the same record.
-    With `dev` (a CUDA device) and `dcoll` (its workloads.device.DeviceCollective) on device buffers."""
-    from mpi4py import MPI
+@dataclass
+class Buffers:
+    """One size's buffers, shared by every algorithm timed at it (memory for one, not one per algorithm)."""
 
-    p, rank = comm.Get_size(), comm.Get_rank()
+    count: int
+    send: np.ndarray
+    pristine: np.ndarray  # what send must still hold after a call
+    recv: np.ndarray
+    expected: np.ndarray
+    dsend: Any = None  # on the GPU with --device cuda
+    drecv: Any = None
+
+    def restore(self) -> None:
+        """Put the send data back (after an algorithm that wrote into its sendbuf)."""
+        np.copyto(self.send, self.pristine)
+        if self.dsend is not None:
+            self.dsend.copy_(self.dsend.new_tensor(self.pristine))
+
+
+@dataclass
+class Point:
+    """One (algorithm, size) being timed: how to call it, whether it was right, its batches so far."""
+
+    coll: Collective
+    call: Any
+    iters: int
+    correct: bool
+    clobbers: bool  # it changed its sendbuf: restored after each of its batches
+    batches: list[float]
+    dcoll: Any = None
+
+
+def buffers(comm: "MPI.Comm", nbytes: int, cfg: BenchConfig, dev: Any = None) -> Buffers:
+    """Send data with a known reduction, a receive buffer, and (with `dev`) their GPU copies."""
     dtype = np.dtype(cfg.dtype)
     count = nbytes // dtype.itemsize
+    send, expected = _pattern(count, dtype, comm.Get_rank(), comm.Get_size(), cfg.op)
+    bufs = Buffers(count, send, send.copy(), np.empty_like(send), expected)
+    if dev is not None:
+        import torch
+
+        bufs.dsend = torch.from_numpy(send).to(dev)
+        bufs.drecv = torch.empty_like(bufs.dsend)
+    return bufs
+
+
+def prepare(comm: "MPI.Comm", coll: Collective, bufs: Buffers, cfg: BenchConfig, dcoll: Any = None) -> Point:
+    """Check one algorithm's result at this size, warm it up and size its batches (collective).
+    With `dcoll` (a workloads.device.DeviceCollective) on the GPU buffers."""
+    from mpi4py import MPI
+
     op = getattr(MPI, cfg.op)
-    send, expected = _pattern(count, dtype, rank, p, cfg.op)
-    if dev is None:
-        recv = np.empty_like(send)
-
+    if dcoll is None:
         def call() -> None:
-            coll.func(comm, send, recv, op)
+            coll.func(comm, bufs.send, bufs.recv, op)
 
-        def result() -> np.ndarray:
-            return recv
+        def state() -> tuple[np.ndarray, np.ndarray]:
+            return bufs.recv, bufs.send
     else:
         import torch
 
-        dsend = torch.from_numpy(send).to(dev)
-        drecv = torch.empty_like(dsend)
-
         def call() -> None:  # returns when the result is in device memory
-            dcoll.func(comm, dsend, drecv, op)
-            torch.cuda.synchronize(dev)
+            dcoll.func(comm, bufs.dsend, bufs.drecv, op)
+            torch.cuda.synchronize(bufs.dsend.device)
 
-        def result() -> np.ndarray:
-            return drecv.cpu().numpy()
+        def state() -> tuple[np.ndarray, np.ndarray]:
+            return bufs.drecv.cpu().numpy(), bufs.dsend.cpu().numpy()
+    bufs.recv.fill(0)
+    if bufs.drecv is not None:
+        bufs.drecv.zero_()
     call()
-    correct = bool(comm.allreduce(bool(np.array_equal(result(), expected)), MPI.LAND))
+    result, sent = state()
+    clobbers = bool(comm.allreduce(not np.array_equal(sent, bufs.pristine), MPI.LOR))
+    correct = bool(comm.allreduce(bool(np.array_equal(result, bufs.expected)), MPI.LAND)) and not clobbers
+    if clobbers:
+        bufs.restore()
     for _ in range(cfg.warmup):
         call()
+    if clobbers:
+        bufs.restore()
     iters = cfg.iters or _iters_for(comm, call, cfg.target_time)
-    batches: list[float] = []
-    for _ in range(max(1, cfg.batches)):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            call()
-        batches.append((time.perf_counter() - t0) / iters)
-    per_rank = np.array(comm.allgather(batches))          # [rank, batch] seconds per call
+    return Point(coll, call, iters, correct, clobbers, [], dcoll)
+
+
+def time_batch(comm: "MPI.Comm", pt: Point) -> float:
+    """Seconds per call over one batch of pt.iters calls on this rank, started together."""
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(pt.iters):
+        pt.call()
+    return (time.perf_counter() - t0) / pt.iters
+
+
+def record(comm: "MPI.Comm", pt: Point, bufs: Buffers, cfg: BenchConfig) -> dict[str, Any]:
+    """The point's record, the same on every rank: the slowest rank's time per batch, median over batches."""
+    p = comm.Get_size()
+    nbytes = bufs.send.nbytes
+    per_rank = np.array(comm.allgather(pt.batches))       # [rank, batch] seconds per call
     slowest = per_rank.max(axis=0)                        # a collective ends when its last rank does
     t = statistics.median(slowest.tolist())
     lat = np.median(per_rank, axis=1) * 1e6
     algbw = nbytes / t / 1e9 if t > 0 else 0.0
-    where = {"device": "cpu"} if dev is None else {"device": "cuda", "cuda_path": dcoll.cuda_path,
-                                                   "reduce_on": dcoll.reduce_on}
+    where = {"device": "cpu"} if pt.dcoll is None else {"device": "cuda", "cuda_path": pt.dcoll.cuda_path,
+                                                        "reduce_on": pt.dcoll.reduce_on}
+    error = None if pt.correct else ("it changed its send buffer" if pt.clobbers
+                                     else "result differs from the expected reduction")
     return records.new(
         "collective", p,
-        algo=coll.name, spec=coll.spec, size_bytes=nbytes, count=count, dtype=dtype.name, op=cfg.op,
-        iters=iters, batches=len(batches), time_s=t, times_s=slowest.tolist(),
+        algo=pt.coll.name, spec=pt.coll.spec, size_bytes=nbytes, count=bufs.count, dtype=cfg.dtype, op=cfg.op,
+        iters=pt.iters, batches=len(pt.batches), time_s=t, times_s=slowest.tolist(),
         lat_min_us=float(lat.min()), lat_avg_us=float(lat.mean()), lat_max_us=float(lat.max()),
-        algbw_GBps=algbw, busbw_GBps=algbw * busbw_factor(p), correct=correct,
-        status="ok" if correct else "failed",
-        error=None if correct else "result differs from the expected reduction", **where,
+        algbw_GBps=algbw, busbw_GBps=algbw * busbw_factor(p), correct=pt.correct,
+        status="ok" if pt.correct else "failed", error=error, **where,
     )
 
 

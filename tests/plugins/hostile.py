@@ -57,3 +57,10 @@ def wrong_in_float16(comm, sendbuf, recvbuf, op=MPI.SUM):
         recvbuf[...] = (out * 1.5).astype(np.float16)
         return
     _ok(comm, sendbuf, recvbuf, op)
+
+
+def writes_sendbuf(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Right result, but it scribbles on its input afterwards (the buffer timing shares with others)."""
+    _ok(comm, sendbuf, recvbuf, op)
+    if sendbuf is not recvbuf:
+        sendbuf[0] = -7
