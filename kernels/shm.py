@@ -10,8 +10,8 @@ Bytes: per rank and call, copy-in (p-1)/p*n read + written, the reduce reads n a
 copy-out (p-1)/p*n read + written: 4.5n at p=4, the least any copy-in/copy-out scheme moves. On the
 2-core development VM a 4 MB call (72 MB over 4 ranks) takes 1.5-1.9 ms, i.e. 38-48 GB/s, that
 machine's rate for data written on one core and read on the other (41-63 GB/s measured): there shm
-is memory-bound, 1.4x native busbw at 4-8 MB and 1.5-2.8x at 16-64 MB (medians of five runs, single
-runs 0.8-2.8x; results/2026-11-29.md). Measured no better there: reading peers' sendbufs directly
+is memory-bound: 1.4-1.5x native busbw at 4-16 MB, 1.7-1.8x at 32-64 MB (medians of five runs with
+interleaved batches; results/2026-11-29.md). Measured no better there: reading peers' sendbufs directly
 with process_vm_readv (3n bytes, but page pinning costs it back), 1 MB rounds, non-temporal stores,
 ranks bound to cores (worse).
 A communicator spanning nodes is refused (use `hier`); what a "node" is: `_shm.node_color`.
