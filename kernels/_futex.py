@@ -1,11 +1,10 @@
 """Sleep until a word of shared memory changes, and wake its sleepers (Linux futex), for `_shm`.
 
-Why: with more ranks than cores, a rank that polls a flag (even yielding the core on every poll)
-keeps taking the core from the very peer it waits for, and pays a context switch per poll; with
-p=4 on 2 cores that was ~70 switches per 4 MB shm call. A futex sleeps in the kernel and the
-writer's wake makes it runnable at once. The word must be 4-byte aligned in memory every process
-maps (an MPI shared window is), and FUTEX_WAIT compares it with the expected value atomically, so
-a wake that comes between the caller's last look and the sleep is never lost.
+Why: a wait that lasts (a peer still computing, a late rank) should neither keep a core busy nor
+wake up thousands of times a second to look; a futex sleeps in the kernel until the writer's wake.
+The word must be 4-byte aligned in memory every process maps (an MPI shared window is), and
+FUTEX_WAIT compares it with the expected value atomically, so a wake that comes between the
+caller's last look and the sleep is never lost.
 """
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ from mpi4py import MPI
 from . import _futex
 from ._common import SPIN_S, backoff, blocks
 
-HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signature by sync parity,
-SLEEPING = 3  # [3] nonzero while this rank sleeps on a peer's count (futex)
+HEADER_WORDS = 8  # 64 bytes per rank: [0] arrival count, [1], [2] call signature by sync parity, and
+SLEEPING = 3  # [3]: nonzero while this rank sleeps on a peer's count (futex)
 SMALL_BYTES = 16 * 1024  # one-sync path up to here: every rank reduces all p slots itself
 CHUNK_BYTES = 128 * 1024  # reduce unit: p operand chunks + result stay in L2
 PAGE = 4096
@@ -159,7 +159,8 @@ class Node:
         self.ctl_win, bufs = _alloc(ctl_bytes if self.rank == 0 else 0, self.node)
         self.ctl = memoryview(bufs[0]).cast("B").cast("q")
         self.ctl_addr = bufs[0].address
-        self.futex = _futex.available()  # sleep in the kernel instead of polling (see _await)
+        self.futex = _futex.available()  # long waits sleep in the kernel (see _await)
+        self.wakes = self.futex  # wake sleepers even if our own sleeps were refused later
         self.small = np.frombuffer(bufs[0], np.uint8, 2 * p * SMALL_BYTES, p * HEADER_WORDS * 8)
         self.small = self.small.reshape(2, p, SMALL_BYTES)
         self.me = self.rank * HEADER_WORDS
@@ -189,7 +190,7 @@ class Node:
         self.ctl_win.Sync()  # my data and signature before my counter
         ctl = self.ctl
         ctl[self.me] = t
-        if self.futex:
+        if self.wakes:
             self.ctl_win.Sync()  # my counter before I look for sleepers (they look in the other order)
             for j in self.peers:
                 if ctl[j + SLEEPING]:

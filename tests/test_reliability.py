@@ -71,7 +71,7 @@ def test_bench_algorithm_that_writes_its_sendbuf_fails_alone(tmp_path):
     reported as failed, and the others after it still get (and are checked on) the right input."""
     out = tmp_path / "b.jsonl"
     proc = hpc("bench", "collective", "--algo", f"{HOSTILE}:writes_sendbuf,mpi,ring", "--no-verify",
-               "--np", "2", "--sizes", "1KiB,64KiB", "--batches", "2", "--iters", "3", "--json", str(out),
+               "--np", "2", "--sizes", "1KiB,64KiB", "--batches", "2", "--target-time", "0.01", "--json", str(out),
                timeout=180)
     assert proc.returncode != 0 and "wrong results" in proc.stderr
     kept = {(r["algo"], r["size_bytes"]): r for r in records.load(out)}
