@@ -83,6 +83,41 @@ def test_bench_algorithm_that_writes_its_sendbuf_fails_alone(tmp_path):
         assert kept[("mpi", size)]["batches"] == 2
 
 
+def test_sweep_point_that_fails_late_keeps_what_it_finished(tmp_path):
+    """A point whose workload fails at its second size keeps the first size's records (and says it
+    failed); a resume retries it."""
+    out = tmp_path / "s"
+    proc = hpc("sweep", "strong", "--np", "2", "--out", str(out), "bench", "collective", "--algo",
+               f"mpi,{HOSTILE}:raises_above_1kib", "--sizes", "1KiB,4KiB", "--batches", "1", "--iters", "2",
+               "--no-verify", timeout=240)
+    assert proc.returncode != 0
+    kept = records.load(out)
+    ok = sorted((r["algo"], r["size_bytes"]) for r in kept if r["status"] == "ok")
+    assert ok == [("hostile:raises_above_1kib", 1024), ("mpi", 1024)], kept
+    failed = [r for r in kept if r["status"] != "ok"]
+    assert len(failed) == 1 and "boom above 1 KiB" in failed[0]["error"]
+
+
+def test_sigterm_while_reporting_an_error_ends_quietly():
+    """A rank already failing may be sent SIGTERM by the launcher (another rank aborted the job):
+    that ends it with its error code, not a KeyboardInterrupt traceback from inside the report."""
+    code = (
+        "import os, signal, sys\n"
+        "from hpc.cli import main\n"
+        "signal.signal(signal.SIGTERM, main._terminate)\n"
+        "class Err:\n"
+        "    def write(self, s):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sys.__stderr__.write(s)\n"
+        "    def flush(self):\n"
+        "        pass\n"
+        "sys.stderr = Err()\n"
+        "sys.exit(main._fail('boom', 2))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------- bad input: one line, up front
 
 @pytest.mark.parametrize("args,msg", [

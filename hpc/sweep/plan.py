@@ -218,9 +218,14 @@ def attempt_file(final: Path) -> Path:
 
 
 def finish_point(plan: Plan, pt: Point, tmp: Path, bad_status: str, error: str | None) -> tuple[str, str | None]:
-    """Move a finished point's records into place, or record why it failed (replacing older tries)."""
+    """Move a finished point's records into place, or record why it failed (replacing older tries).
+
+    A failed point keeps what its workload finished before the failure (bench writes each size's
+    records as it goes), followed by the failure record: the point is still retried on resume.
+    """
     final = point_file(plan, pt)
-    if error is None and tmp.exists() and records.load(tmp):
+    kept = records.load(tmp) if tmp.exists() else []
+    if error is None and kept:
         os.replace(tmp, final)
         return "ok", None
     error = error or "the workload wrote no records"
@@ -233,7 +238,7 @@ def finish_point(plan: Plan, pt: Point, tmp: Path, bad_status: str, error: str |
                    higher_is_better=plan.run.higher_better)
     part = final.with_name(final.name + ".part")
     part.unlink(missing_ok=True)
-    records.append(part, [rec])
+    records.append(part, [*kept, rec])
     os.replace(part, final)
     return bad_status, error
 

@@ -64,3 +64,20 @@ def writes_sendbuf(comm, sendbuf, recvbuf, op=MPI.SUM):
     _ok(comm, sendbuf, recvbuf, op)
     if sendbuf is not recvbuf:
         sendbuf[0] = -7
+
+
+def raises_above_1kib(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Right on small buffers; above 1 KiB rank 1 raises (a bug in one code path, on one rank)."""
+    if recvbuf.nbytes > 1024 and comm.Get_rank() == 1:
+        raise RuntimeError("boom above 1 KiB on rank 1")
+    _ok(comm, sendbuf, recvbuf, op)
+
+
+def wrong_in_float64(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Reduces float64 in float32 (precision lost): every other dtype is right."""
+    if recvbuf.dtype == np.float64 and op == MPI.SUM:
+        tmp = np.asarray(sendbuf, dtype=np.float32).copy()
+        comm.Allreduce(MPI.IN_PLACE, tmp, op)
+        recvbuf[...] = tmp + np.float64(1e-3)
+        return
+    _ok(comm, sendbuf, recvbuf, op)
