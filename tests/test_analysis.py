@@ -114,6 +114,28 @@ def test_a_a_records_with_drift_and_an_in_run_reference():
     assert big[0]["verdict"] == "worse", big
 
 
+def test_schemes_measured_in_the_same_launches_are_compared_pairwise():
+    """A plug-in steadily at 0.2x of mpi in each of three sweep launches, while the machine swings
+    4x between launches: paired by launch it is 'slower'/'worse' (unpaired the swing hid it)."""
+    from tests.test_fit import coll_records
+
+    mpi = coll_records("mpi", 3e-6, 6.0, nps=(2,), sizes=(65536,), seed=1)
+    mine = coll_records("mine", 3e-6, 6.0, nps=(2,), sizes=(65536,), seed=1)
+    for i, (a, b) in enumerate(zip(mpi, mine)):
+        swing = (1.0, 3.8, 1.9)[i]
+        a["point_id"] = b["point_id"] = f"np0002-nodes001-rep{i:02d}"
+        a["busbw_GBps"] *= swing
+        b["busbw_GBps"] = a["busbw_GBps"] * (0.2 + 0.01 * i)
+    ranked = compare.rank_schemes(mpi + mine)
+    slow = ranked[0]["ranking"][1]
+    assert slow["name"] == "mine" and slow["verdict"] == "slower", ranked
+    rows, _ = compare.compare_baseline(mpi + mine, "mpi")
+    assert rows[0]["verdict"] == "worse" and rows[0]["paired"], rows
+    for r in mine:  # not measured together: no pairing, the swing keeps it undecided
+        r["point_id"] = "elsewhere-" + r["point_id"]
+    assert compare.rank_schemes(mpi + mine)[0]["ranking"][1]["verdict"] == "same as fastest"
+
+
 # ---------------------------------------------------------------- compare: CLI
 
 def test_cli_compare_regression_gate(tmp_path):

@@ -6,7 +6,9 @@ are the repetitions (one value per record); a point with a single record uses th
 batches (`times_s`) but counts as one repetition. The verdict comes from a 95% confidence interval
 of the ratio B/A (Welch t-interval on log values, so ×2 and ×0.5 are equally far from 1) against
 the noise band: "worse"/"better" only when the whole interval lies beyond the band, "same"
-otherwise, "too few reps" below MIN_REPS on either side. The p-value is that of the same question
+otherwise, "too few reps" below MIN_REPS on either side. Two schemes measured together (the same
+sweep launches, or the interleaved batches of one `hpc bench` run) are compared pair by pair
+(`paired_samples`), so the machine's swing between launches cancels instead of hiding a steady gap. The p-value is that of the same question
 (is the change larger than the band?), so it agrees with the verdict: p < 0.05 exactly when the
 verdict is better or worse.
 
@@ -84,6 +86,36 @@ def samples(recs: list[dict[str, Any]], metric: str) -> list[float]:
     return vals
 
 
+def _run_key(rec: dict[str, Any]) -> tuple:
+    """Which launch measured a record: a sweep point (all its algorithms in one job), else the run's
+    provenance (one `hpc bench` or `hpc train` invocation)."""
+    if rec.get("point_id"):
+        return ("point", rec.get("sweep_id"), rec.get("point_id"))
+    prov = rec.get("provenance") or {}
+    return ("run", prov.get("timestamp"), tuple(prov.get("argv") or ()))
+
+
+def paired_samples(ra: list[dict[str, Any]], rb: list[dict[str, Any]],
+                   metric: str) -> tuple[list[float], list[float]] | None:
+    """Aligned samples of two schemes at one point when each of A's values has its partner in B,
+    measured together: records from the same launches (one per launch on each side), or the
+    interleaved batches of one record each from the same run. None when they cannot be paired."""
+    field = METRICS[metric][0]
+    if len(ra) == 1 and len(rb) == 1:  # `hpc bench` interleaves batches; training runs do not
+        if _run_key(ra[0]) != _run_key(rb[0]) or ra[0].get("kind") != "collective":
+            return None
+        sa, sb = samples(ra, metric), samples(rb, metric)
+        return (sa, sb) if len(sa) == len(sb) > 1 else None
+    ka, kb = {_run_key(r): r for r in ra}, {_run_key(r): r for r in rb}
+    if len(ka) != len(ra) or len(kb) != len(rb) or set(ka) != set(kb):
+        return None
+    try:
+        keys = sorted(ka, key=repr)
+        return [float(ka[k][field]) for k in keys], [float(kb[k][field]) for k in keys]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def probe_drift(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]]) -> float:
     """How much slower the machine was in B than in A: ratio of the median machine probes recorded
     in provenance (1.0 when either side has none)."""
@@ -112,11 +144,14 @@ def log_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
-                    threshold_pct: float = NOISE_BAND_PCT, drift: float = 1.0) -> dict[str, Any]:
+                    threshold_pct: float = NOISE_BAND_PCT, drift: float = 1.0,
+                    paired: bool = False) -> dict[str, Any]:
     """Ratio B/A with its 95% CI, the p-value of "the change exceeds the band", and the verdict.
 
     `drift` is how much the machine itself moved between the runs (B/A of a probe or reference):
-    a change within it is "inconclusive" rather than better/worse.
+    a change within it is "inconclusive" rather than better/worse. `paired`: a[i] and b[i] were
+    measured together (the same launch, or adjacent interleaved batches), so the interval is that
+    of the mean per-pair log ratio: drift shared by a pair cancels instead of widening the CI.
     """
     import numpy as np
     from scipy import stats
@@ -135,9 +170,14 @@ def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
     if la.size < MIN_REPS or lb.size < MIN_REPS:
         row["verdict"] = "too few reps"
         return row
-    va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1)) if se > 0 else 1.0
+    if paired and la.size == lb.size:
+        dd = lb - la
+        se, df = float(dd.std(ddof=1)) / math.sqrt(dd.size), float(dd.size - 1)
+        row["paired"] = True
+    else:
+        va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1)) if se > 0 else 1.0
     tq = float(stats.t.ppf(1 - ALPHA / 2, df))
     row["ci95"] = [math.exp(d - tq * se), math.exp(d + tq * se)]
     row["_fit"] = (d, se, df, higher_is_better)  # kept to judge again against a wider band
@@ -224,6 +264,9 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
     sa, sb = samples(ra, m), samples(rb, m)
     if len(ra) > 1 or len(rb) > 1:  # repetitions are records; batches of one record are not runs
         sa, sb = [float(r[field]) for r in ra], [float(r[field]) for r in rb]
+    pairs = paired_samples(ra, rb, m) if batches_are_reps and ref is None else None
+    if pairs is not None:
+        sa, sb = pairs
     if ref is not None:  # divide out the machine: each run's value relative to its own reference
         fa = float(np.median(samples(ref[0], m)))
         fb = float(np.median(samples(ref[1], m)))
@@ -234,7 +277,7 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
     # interleaved with it) the timed batches of a single record are too.
     reps_a = len(sa) if batches_are_reps or len(ra) > 1 else 1
     reps_b = len(sb) if batches_are_reps or len(rb) > 1 else 1
-    res = compare_samples(sa, sb, higher, threshold, drift)
+    res = compare_samples(sa, sb, higher, threshold, drift, paired=pairs is not None)
     if min(reps_a, reps_b) < MIN_REPS:
         res.update(verdict="too few reps", ci95=None, p_value=None)
         res.pop("_fit", None)
@@ -416,7 +459,13 @@ def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
         ranking = []
         for pos, name in enumerate(order, 1):
             vals, gm, lo, hi = stats_by[name]
-            cmp = compare_samples(stats_by[best][0], vals, higher, threshold_pct) if name != best else None
+            cmp = None
+            if name != best:  # measured together with the best (same launches): a paired interval
+                pairs = paired_samples(by[best], by[name], m)
+                a, b = pairs or (stats_by[best][0], vals)
+                cmp = compare_samples(a, b, higher, threshold_pct, paired=pairs is not None)
+                if len(by[best]) == 1 and len(by[name]) == 1 and pairs is None:
+                    cmp.update(verdict="too few reps", ci95=None)  # batches of unrelated runs
             speed = (gm / stats_by[best][1]) if higher else (stats_by[best][1] / gm)
             ranking.append({"rank": pos, "name": name, "value": gm, "ci95": [lo, hi], "unit": unit,
                             "n": len(vals), "min": float(np.min(vals)), "max": float(np.max(vals)),
@@ -448,7 +497,8 @@ def ranking_tables(ranked: list[dict[str, Any]]) -> list:
                     "—" if not ci or ci[0] != ci[0] else f"{fmt(ci[0])} – {fmt(ci[1])}", r["n"],
                     f"{r['speed_vs_best']:.2f}×", r["verdict"])
         tab.notes.append("value: geometric mean of the repetitions; 'same as fastest' when the 95% CI "
-                         "of the ratio does not lie entirely beyond the noise band")
+                         "of the ratio does not lie entirely beyond the noise band (ratios taken pair by "
+                         "pair when both were measured in the same launches)")
         tabs.append(tab)
     return tabs
 
