@@ -95,6 +95,9 @@ def files(path: str | os.PathLike) -> list[Path]:
     raise HpcError(f"no such records file or directory: {p}")
 
 
+_WARNED: set[tuple[str, int]] = set()
+
+
 def load(path: str | os.PathLike, warn: bool = True) -> list[dict[str, Any]]:
     """Every record under `path`. A torn line (a run killed mid-write, a full disk; possibly with
     a later record glued onto it) is skipped with a note on stderr, never fatal: no finished
@@ -109,7 +112,8 @@ def load(path: str | os.PathLike, warn: bool = True) -> list[dict[str, Any]]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 recovered = _glued(line)
-                if warn:
+                if warn and (str(f), i) not in _WARNED:  # once per process: analysis may read twice
+                    _WARNED.add((str(f), i))
                     sys.stderr.write(f"hpc: note: {f}:{i}: skipped a torn record"
                                      + (" (kept the whole one glued to it)" if recovered else "") + "\n")
                 out += recovered

@@ -395,3 +395,27 @@ def test_cli_costmodel_predicts_fastest(tmp_path):
     assert fastest == {8: "recursive_doubling", 256 << 20: "ring"}
     human = hpc("fit", str(path), "--costmodel", timeout=120)
     assert human.returncode == 0 and "α" in human.stdout, human.stderr
+
+
+def test_cli_costmodel_poor_fit_predicts_nothing_and_failed_records_are_named(tmp_path):
+    """Times the α–β form cannot describe (random around 50 µs) get no prediction and never
+    'fastest', as a poor scaling-law fit; records that failed are named after the tables."""
+    path = tmp_path / "c.jsonl"
+    noise = coll_records("ring", 5e-6, 5.0, seed=1)
+    rng = np.random.default_rng(0)
+    for r in noise:
+        r["time_s"] = float(50e-6 * rng.uniform(0.3, 3.0))
+    bad = coll_records("recursive_doubling", 5e-6, 2.0, nps=(3,), sizes=(1024,), reps=1, seed=2)
+    bad[0].update(status="failed", error="wrong answer on 3 ranks")
+    write_records(path, noise + coll_records("recursive_doubling", 5e-6, 2.0, seed=2) + bad)
+    proc = hpc("fit", str(path), "--law", "alpha-beta", "--predict-np", "64", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    ring = next(f for f in out["fits"] if f["algo"] == "ring")
+    assert ring["r2"] < 0.9 and any(fl["code"] == "poor_fit" for fl in ring["flags"])
+    for p in out["predictions"]:
+        assert p["fastest"] == "recursive_doubling"
+        assert next(a for a in p["algos"] if a["algo"] == "ring")["time_s"] is None
+    assert "1 failed record(s) left out" in proc.stderr and "wrong answer on 3 ranks" in proc.stderr
+    human = hpc("fit", str(path), "--costmodel", timeout=120)
+    assert "poor fit" in human.stdout, human.stdout

@@ -8,9 +8,9 @@ of the ratio B/A (Welch t-interval on log values, so ×2 and ×0.5 are equally f
 the noise band: "worse"/"better" only when the whole interval lies beyond the band, "same"
 otherwise, "too few reps" below MIN_REPS on either side. Two schemes measured together (the same
 sweep launches, or the interleaved batches of one `hpc bench` run) are compared pair by pair
-(`paired_samples`), so the machine's swing between launches cancels instead of hiding a steady gap. The p-value is that of the same question
-(is the change larger than the band?), so it agrees with the verdict: p < 0.05 exactly when the
-verdict is better or worse.
+(`paired_samples`), so the machine's swing between launches cancels instead of hiding a steady gap.
+The p-value is that of the same question (is the change larger than the band?), so it agrees with
+the verdict: p < 0.05 exactly when the verdict is better or worse.
 
 Between runs the whole machine drifts (see NOISE_BAND_PCT); an in-run reference (native `mpi`
 measured in both runs) cancels most of it, and the machine probe recorded in each run's provenance

@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from hpc.analysis.laws import POOR_R2
 from hpc.errors import HpcError
 from hpc.kernels import busbw as busbw_gbps
 
@@ -89,6 +90,11 @@ class CostFit:
     dof: int = 0
     flags: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def poor(self) -> bool:
+        """R² below POOR_R2: the form does not describe the data, so it predicts nothing."""
+        return not (math.isfinite(self.r2) and self.r2 >= POOR_R2)
+
     def predict(self, p, n):
         """Predicted time (s) at rank count(s) p and size(s) n, with a 95% CI of the mean."""
         import numpy as np
@@ -156,6 +162,9 @@ def fit_costmodel(p, n, t, algo: str) -> CostFit:
     if len(np.unique(p)) < 2:
         flags.append({"code": "one_np", "message": "one rank count only: the p-dependence is the "
                                                    "form's assumption, not measured"})
+    if not (math.isfinite(r2) and r2 >= POOR_R2):
+        flags.append({"code": "poor_fit", "message": f"R² = {r2:.3f} < {POOR_R2}: the α–β form describes "
+                                                     "these times poorly; no prediction"})
     return CostFit(algo=algo, form=form, formula=FORMS[form], alpha_s=float(theta[0]),
                    beta_s_per_byte=float(theta[1]), alpha_ci95=ci_a, beta_ci95=ci_b,
                    bandwidth_GBps=(1e-9 / theta[1]) if theta[1] > 0 else None, r2=r2, smape=smape,
@@ -191,19 +200,25 @@ def fit_collective_records(records: Iterable[dict[str, Any]]) -> list[CostFit]:
 
 
 def predictions(fits: list[CostFit], nps: list[int], sizes: list[int]) -> list[dict[str, Any]]:
-    """Predicted time, busbw and the fastest algorithm at every (np, size) requested."""
+    """Predicted time, busbw and the fastest algorithm at every (np, size) requested; a poor fit
+    (R² < POOR_R2, as for the scaling laws) predicts nothing and cannot be the fastest."""
     out = []
     for p in nps:
         for n in sizes:
             rows = []
             for f in fits:
+                if f.poor:
+                    rows.append({"algo": f.algo, "time_s": None, "time_ci95": None, "busbw_GBps": None,
+                                 "poor_fit": True})
+                    continue
                 t, ci = f.predict(p, n)
                 tt = float(t[0])
                 busbw = busbw_gbps(n, tt, p) if tt > 0 else None
                 rows.append({"algo": f.algo, "time_s": tt,
                              "time_ci95": [float(ci[0, 0]), float(ci[0, 1])] if ci is not None
                              else None, "busbw_GBps": busbw})
-            fastest = min(rows, key=lambda r: r["time_s"])["algo"] if rows else None
+            timed = [r for r in rows if r["time_s"] is not None]
+            fastest = min(timed, key=lambda r: r["time_s"])["algo"] if timed else None
             out.append({"np": int(p), "size_bytes": int(n), "algos": rows, "fastest": fastest})
     return out
 
@@ -247,8 +262,11 @@ def prediction_table(fits: list[CostFit], preds: list[dict[str, Any]]):
                 ["np", "size", *[f.algo for f in fits], "fastest"])
     for pr in preds:
         tab.add(pr["np"], fmt_bytes(pr["size_bytes"]),
-                *[f"{fmt_time(a['time_s'])} ({fmt_num(a['busbw_GBps'], 3)} GB/s)"
-                  for a in pr["algos"]], pr["fastest"])
+                *["poor fit" if a["time_s"] is None else f"{fmt_time(a['time_s'])} ({fmt_num(a['busbw_GBps'], 3)} GB/s)"
+                  for a in pr["algos"]], pr["fastest"] or "—")
     tab.notes.append("the forms assume one rank per link (no contention, no node hierarchy): "
                      "treat predictions far beyond the measured np as a ranking, not a promise")
+    if any(f.poor for f in fits):
+        tab.notes.append(f"poor fit: R² < {POOR_R2}, the α–β form does not describe those times; "
+                         "no prediction, never 'fastest'")
     return tab

@@ -90,6 +90,24 @@ def ok_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def failure_note(records: Iterable[dict[str, Any]], limit: int = 3) -> str | None:
+    """One line naming the failed records that analysis leaves out (None when there are none), so
+    a fit or ranking never silently rests on the points that worked: a plug-in wrong at np=3 must
+    not come out "fastest" from np=1,2,4 alone."""
+    bad = [r for r in records if r.get("status", "ok") != "ok"]
+    if not bad:
+        return None
+    shown = []
+    for r in bad[:limit]:
+        what = " ".join(str(x) for x in (r.get("algo") or r.get("sync") or r.get("name"),
+                                          r.get("size_bytes") and f"{r['size_bytes']} B") if x)
+        where = f"np={r.get('np')}" + (f" rep={r['rep']}" if r.get("rep") is not None else "")
+        err = " ".join(str(r.get("error") or r.get("status")).split())
+        shown.append(f"{where}{' ' + what if what else ''}: {err[:100]}{'…' if len(err) > 100 else ''}")
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} failed record(s) left out — {'; '.join(shown)}{more}"
+
+
 def group_records(records: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     """Group ok records by group_key, in a stable sorted order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}

@@ -24,6 +24,7 @@ LAWS = (AMDAHL, GUSTAFSON)
 _LAW_ALIASES = {"amdahl": AMDAHL, "strong": AMDAHL, "gustafson": GUSTAFSON, "weak": GUSTAFSON}
 _DEFAULT_LAW = {"strong": AMDAHL, "weak": GUSTAFSON}
 PREDICT_FACTORS = (2, 10, 100)
+POOR_R2 = 0.9  # a fit (scaling law or α–β) below this R² describes its points poorly: no prediction
 
 
 # --------------------------------------------------------------------------- the two laws

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from hpc.analysis.laws import POOR_R2
 from hpc.errors import HpcError
 
 _MARKERS = "osD^v<>ph*"
@@ -124,7 +125,7 @@ def _good_fit(fit) -> bool:
     """R² ≥ 0.9: only then is an extrapolation drawn (a poor fit's curve stays within the data)."""
     import math
 
-    return isinstance(fit.r2, float) and math.isfinite(fit.r2) and fit.r2 >= 0.9
+    return isinstance(fit.r2, float) and math.isfinite(fit.r2) and fit.r2 >= POOR_R2
 
 
 def _name(fit) -> str:

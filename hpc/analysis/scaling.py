@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 from hpc.analysis.choice import choose_model
 from hpc.analysis.groups import GROUP_FIELDS, group_label, group_records, json_safe, load_records
-from hpc.analysis.laws import (_DEFAULT_LAW, AMDAHL, GUSTAFSON, PREDICT_FACTORS, CoreFit, bootstrap_p, fit_core,
-                               law_speedup, law_time, normalize_law)
+from hpc.analysis.laws import (_DEFAULT_LAW, AMDAHL, GUSTAFSON, POOR_R2, PREDICT_FACTORS, CoreFit, bootstrap_p,
+                               fit_core, law_speedup, law_time, normalize_law)
 from hpc.errors import HpcError
 
 # --------------------------------------------------------------------------- full analysis
@@ -179,8 +179,8 @@ def _flags(law, points, core: CoreFit, at_bound, r2, choice) -> list[dict[str, s
     if noisy:
         add("noisy", "repetitions vary by more than 10% (coefficient of variation) at " +
             ", ".join(noisy))
-    if math.isfinite(r2) and r2 < 0.9:
-        add("poor_fit", f"R² = {r2:.3f} < 0.9: the law describes these speedups poorly")
+    if math.isfinite(r2) and r2 < POOR_R2:
+        add("poor_fit", f"R² = {r2:.3f} < {POOR_R2}: the law describes these speedups poorly")
     if choice.get("best_aicc") and not choice.get("law_supported"):
         add("model", choice["verdict"])
     return out
@@ -312,7 +312,7 @@ def summary_table(results: list[FitResult], wide: bool = False):
         v = g.get("variant")
         v = fmt_bytes(v) if g.get("kind") == "collective" and isinstance(v, (int, float)) else v
         pr = next((x for x in r.predictions if x["factor"] == PREDICT_FACTORS[1]), None)
-        poor = not (math.isfinite(r.r2) and r.r2 >= 0.9)
+        poor = not (math.isfinite(r.r2) and r.r2 >= POOR_R2)
         cells = [g.get("kind", "csv"), g.get("name", r.label), v if v is not None else "",
                  r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", f"{r.p:.4f} {_ci(r.ci95, 3)}",
                  fmt_num(r.r2, 3),
@@ -323,8 +323,8 @@ def summary_table(results: list[FitResult], wide: bool = False):
                           fmt_num(r.ceiling, 3) if r.law == AMDAHL else "none",
                           r.model_choice.get("best_aicc")]
         tab.add(*cells)
-    if any(not (math.isfinite(r.r2) and r.r2 >= 0.9) for r in results):
-        tab.notes.append("poor fit: R² < 0.9, the law does not describe these points; no prediction")
+    if any(not (math.isfinite(r.r2) and r.r2 >= POOR_R2) for r in results):
+        tab.notes.append(f"poor fit: R² < {POOR_R2}, the law does not describe these points; no prediction")
     if any(r.group.get("kind") == "collective" for r in results):
         tab.notes.append("collective records: the α–β cost model is usually the apt fit "
                          "(hpc fit PATH --law alpha-beta)")
@@ -351,8 +351,8 @@ def detail_tables(r: FitResult) -> list:
     if r.law == AMDAHL:
         pts.notes.append(f"Amdahl ceiling 1/(1−P) = {fmt_num(r.ceiling)}")
     pts.notes += [f"{f['code']}: {f['message']}" for f in r.flags]
-    poor = not (math.isfinite(r.r2) and r.r2 >= 0.9)
-    pred = Table("Predictions (law)" + (f" — R² {fmt_num(r.r2, 3)} < 0.9: NOT reliable" if poor else ""),
+    poor = not (math.isfinite(r.r2) and r.r2 >= POOR_R2)
+    pred = Table("Predictions (law)" + (f" — R² {fmt_num(r.r2, 3)} < {POOR_R2}: NOT reliable" if poor else ""),
                  ["N", "speedup", "95% CI", "efficiency", "time"])
     for p in r.predictions:
         pred.add(f"{p['np']} ({p['factor']}×)", fmt_num(p["speedup"]), _ci(p["speedup_ci95"]),

@@ -52,3 +52,20 @@ def options(cls: type[T], args: argparse.Namespace, **override: Any) -> T:
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(override)
     return cls(**values)
+
+
+def note_failures(path: str) -> None:
+    """Say on stderr which failed records an analysis verb leaves out (records only; a CSV has none)."""
+    import sys
+    from pathlib import Path
+
+    from hpc.analysis.groups import failure_note, load_records
+    from hpc.analysis.scaling import is_csv
+
+    p = Path(path)
+    if not p.exists() or (p.is_file() and (p.stat().st_size == 0 or is_csv(p))):
+        return
+    recs = load_records(p)
+    note = failure_note(recs) if any(r.get("status", "ok") == "ok" for r in recs) else None
+    if note:  # (with no ok record at all the verb itself says so, in one error line)
+        print(f"hpc: note: {note}", file=sys.stderr)

@@ -57,14 +57,23 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `hpc compare`."""
-    from hpc.analysis.groups import json_safe, load_records
-    from hpc.table import print_tables
+    """Entry point of `hpc compare` (after the tables, a note on the failed records they left out)."""
+    from hpc.cli.args import note_failures
 
     if not args.threshold >= 0 or (args.fail_if_worse is not None and not args.fail_if_worse >= 0):
         raise HpcError("--threshold and --fail-if-worse must be ≥ 0")
     if args.baseline and args.b:
         raise HpcError("give either B or --baseline NAME, not both")
+    code = _run(args)
+    for path in filter(None, (args.a, args.b)):  # after the tables: what they left out
+        note_failures(path)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hpc.analysis.groups import json_safe, load_records
+    from hpc.table import print_tables
+
     fmt = "csv" if args.csv else "markdown" if args.markdown else "rich"
     if not args.baseline and not args.b:
         ranked = rank_schemes(load_records(args.a), args.metric, args.threshold)

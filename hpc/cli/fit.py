@@ -52,7 +52,15 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of `hpc fit`."""
+    """Entry point of `hpc fit` (after the tables, a note on the failed records it left out)."""
+    from hpc.cli.args import note_failures
+
+    code = _run(args)
+    note_failures(args.path)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     law = (args.law or "").strip().lower()
     if args.costmodel or law in ("alpha-beta", "alphabeta", "costmodel", "cost"):
         return run_costmodel(args)

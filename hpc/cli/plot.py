@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.output).lower().endswith(".png"):
         raise HpcError(f"{args.output}: the output must be a .png file")
     from hpc.analysis.plot import plot_path
+    from hpc.cli.args import note_failures
 
     out = plot_path(args.path, args.output, args.law)
     print(f"wrote {out}")
+    note_failures(args.path)
     return 0
