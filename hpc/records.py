@@ -39,6 +39,30 @@ def new(kind: str, np: int, **fields: Any) -> dict[str, Any]:
     return rec
 
 
+def check_writable(path: str | os.PathLike, what: str = "output", directory: bool = False) -> None:
+    """Refuse, before any work is done, an output path that cannot be written (a directory where a
+    file is wanted or the reverse, a path below a regular file, an unwritable folder), in one line.
+    `-` (stdout) is always fine."""
+    if os.fspath(path) == "-":
+        return
+    p = Path(path)
+    if p.exists():
+        if directory and not p.is_dir():
+            raise HpcError(f"{path}: is a file; the {what} must be a directory")
+        if not directory and p.is_dir():
+            raise HpcError(f"{path}: is a directory; the {what} must be a file")
+        if not os.access(p, os.W_OK):
+            raise HpcError(f"{path}: not writable (the {what})")
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HpcError(f"{path}: {parent} is a file, so the {what} cannot be created below it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HpcError(f"{path}: cannot create the {what} in {parent} (no write permission)")
+
+
 def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     """Append records as one write + fsync, so a killed run leaves whole lines or nothing."""
     data = "".join(json.dumps(r, default=_jsonable, allow_nan=False) + "\n" for r in records)

@@ -98,6 +98,25 @@ def test_sweep_point_that_fails_late_keeps_what_it_finished(tmp_path):
     assert len(failed) == 1 and "boom above 1 KiB" in failed[0]["error"]
 
 
+def test_bench_names_plugins_apart_and_by_their_errors(tmp_path):
+    """Two plug-ins with one file name stay apart in records; a plug-in's exception names it; an op
+    it refused in verification is refused up front."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "naive.py").write_text(HOSTILE.read_text())
+    out = tmp_path / "r.jsonl"
+    proc = hpc("bench", "collective", "--algo", f"{tmp_path}/a/naive.py:only_sum,{tmp_path}/b/naive.py:only_sum",
+               "--np", "2", "--sizes", "1KiB", "--batches", "1", "--iters", "2", "--json", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert len({r["algo"] for r in records.load(out)}) == 2
+    line = one_error_line(hpc("bench", "collective", "--algo", f"{HOSTILE}:only_sum", "--op", "MAX", "--np", "2",
+                              "--sizes", "1KiB", timeout=180))
+    assert "does not support --op MAX" in line
+    line = one_error_line(hpc("bench", "collective", "--algo", f"{HOSTILE}:raises_above_1kib", "--no-verify",
+                              "--np", "2", "--sizes", "4KiB", timeout=180))
+    assert "raises_above_1kib' raised RuntimeError: boom above 1 KiB on rank 1 (4096 B)" in line
+
+
 def test_sigterm_while_reporting_an_error_ends_quietly():
     """A rank already failing may be sent SIGTERM by the launcher (another rank aborted the job):
     that ends it with its error code, not a KeyboardInterrupt traceback from inside the report."""
@@ -119,6 +138,27 @@ def test_sigterm_while_reporting_an_error_ends_quietly():
 
 
 # ---------------------------------------------------------------- bad input: one line, up front
+
+@pytest.mark.parametrize("argv,msg", [
+    (["bench", "collective", "--np", "2", "--sizes", "1KiB", "--json", "{d}"], "is a directory"),
+    (["bench", "collective", "--np", "2", "--sizes", "1KiB", "--json", "{f}/x.jsonl"], "is a file, so"),
+    (["train", "--np", "2", "--json", "{d}"], "is a directory"),
+    (["sweep", "strong", "--np", "1,2", "--out", "{f}", "bench", "collective"], "must be a directory"),
+    (["plot", "{d}", "-o", "{f}/p.png"], "is a file, so"),
+    (["report", "{d}", "-o", "{d}"], "is a directory"),
+    (["bench", "collective", "--np", "2", "--algo", "{syntax}:allreduce"], "SyntaxError in"),
+])
+def test_unusable_output_paths_and_broken_plugins_are_refused_up_front(tmp_path, argv, msg):
+    """Before any work: an output that cannot be written (results would be lost at the end), a
+    plug-in file that does not even compile (every sweep point would fail)."""
+    d, f, syntax = tmp_path / "adir", tmp_path / "afile", tmp_path / "broken.py"
+    d.mkdir()
+    f.write_text("x")
+    syntax.write_text("def allreduce(comm, s, r, op=None)\n    pass\n")
+    t0 = time.monotonic()
+    line = one_error_line(hpc(*[a.format(d=d, f=f, syntax=syntax) for a in argv], timeout=120))
+    assert msg in line and time.monotonic() - t0 < 60
+
 
 @pytest.mark.parametrize("args,msg", [
     (["--iters", "-1"], "expected an integer >= 0"),

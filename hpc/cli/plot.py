@@ -23,9 +23,11 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `hpc plot`."""
     if not str(args.output).lower().endswith(".png"):
         raise HpcError(f"{args.output}: the output must be a .png file")
+    from hpc import records
     from hpc.analysis.plot import plot_path
     from hpc.cli.args import note_failures
 
+    records.check_writable(args.output, "plot")
     out = plot_path(args.path, args.output, args.law)
     print(f"wrote {out}")
     note_failures(args.path)

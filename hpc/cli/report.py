@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `hpc report`."""
     from hpc.analysis.report import write_report
 
+    if args.output:
+        from hpc import records
+
+        records.check_writable(args.output, "report")
     out = write_report(args.path, args.output, baseline=args.baseline, bootstrap=args.bootstrap,
                        title=args.title)
     print(f"wrote {out}")

@@ -128,9 +128,11 @@ def parse_run(words: list[str]) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hpc import records
     from hpc.sweep import run_sweep
     from hpc.sweep.plan import parse_counts
 
+    records.check_writable(args.out, "sweep directory (--out)", directory=True)
     workload = list(args.workload)
     words = workload[1:] if workload[:1] == ["hpc"] else workload
     spec = parse_run(words[1:]) if words[:1] == ["run"] else None

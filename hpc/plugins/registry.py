@@ -147,6 +147,12 @@ def precheck_callable(target: str, what: str = "collective", spec: str | None = 
     if left.endswith(".py") or "/" in left:
         if not Path(left).is_file():
             raise HpcError(f"{_FILE_KIND.get(what, what + ' file')} not found: {left} ({what} '{spec}')")
+        try:  # compile, not import: a syntax error is caught here, nothing of the file runs
+            compile(Path(left).read_bytes(), left, "exec")
+        except (SyntaxError, ValueError) as exc:
+            where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+            raise HpcError(f"cannot load {what} '{spec}': {type(exc).__name__} in {left}{where}: "
+                           f"{getattr(exc, 'msg', None) or exc}") from None
     elif importlib.util.find_spec(left.split(".")[0]) is None:
         raise HpcError(f"cannot import '{left}' for {what} '{spec}': no module named "
                        f"'{left.split('.')[0]}'")

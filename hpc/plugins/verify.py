@@ -134,6 +134,9 @@ def _one_case(comm: "MPI.Comm", pcomm: "MPI.Comm", coll: Collective, case: Case,
             raise HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} "
                            f"({case}, {p} ranks)") from None
         refused = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug in the plug-in: say which one, and in which case
+        raise HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} "
+                       f"({case}, {p} ranks)") from None
     refusals = comm.allgather(refused)
     if any(refusals):
         if not all(refusals):

@@ -75,6 +75,8 @@ def precheck(cfg: BenchConfig) -> None:
     from hpc.plugins import registry
 
     sizes(cfg)
+    if cfg.json:
+        records.check_writable(cfg.json, "--json records file")
     if cfg.device not in ("cpu", "cuda"):
         raise HpcError(f"unknown --device '{cfg.device}' (use cpu or cuda)")
     if cfg.device == "cuda":
@@ -98,10 +100,14 @@ def run(cfg: BenchConfig) -> int:
     points = sizes(cfg)
     colls = [registry.load(s, cfg.servers if s.startswith("ps") else 0) for s in specs(cfg.algo)]
     item = np.dtype(cfg.dtype).itemsize
+    colls = _distinct_names(colls)
     for coll in colls:  # on the sizes and dtype this run will time, not only the quick matrix
         if not coll.builtin and not cfg.no_verify:
-            verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False, case_timeout=cfg.case_timeout,
-                   dtypes=(cfg.dtype,), sizes=tuple(sorted({n // item for n in points})))
+            rep = verify(comm, coll, ops=(cfg.op,), quick=True, sub_comms=False, case_timeout=cfg.case_timeout,
+                         dtypes=(cfg.dtype,), sizes=tuple(sorted({n // item for n in points})))
+            if cfg.op in rep.refused_ops:
+                raise HpcError(f"collective '{coll.spec}' does not support --op {cfg.op} (it refused it "
+                               "when verified)")
     out = console(comm, stderr=cfg.json == "-")  # `--json -`: stdout carries only the records
     dev, aware = _cuda_setup(comm) if cfg.device == "cuda" else (None, None)
     prov = records.provenance(comm, records.command_line(), device=cfg.device, cuda_aware=aware)
@@ -131,7 +137,7 @@ def run(cfg: BenchConfig) -> int:
                     progress.update(task, description=f"{nbytes} B: batch {b + 1}")
                     for pt in pts:
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
-                        pt.batches.append(time_batch(own[pt.coll.spec], pt))
+                        pt.batches.append(time_batch(own[pt.coll.spec], pt, bufs))
                         if pt.clobbers:
                             bufs.restore()
                     progress.advance(task)
@@ -155,6 +161,16 @@ def run(cfg: BenchConfig) -> int:
         raise HpcError(f"{len(failed)} point(s) gave wrong results, first: {failed[0]['algo']} "
                        f"at {failed[0]['size_bytes']} B")
     return 0
+
+
+def _distinct_names(colls: list[Collective]) -> list[Collective]:
+    """Two plug-ins with one name (naive.py:f and sub/naive.py:f) keep apart in records and tables:
+    those that share a name are named by their SPEC instead."""
+    import dataclasses
+    from collections import Counter
+
+    seen = Counter(c.name for c in colls)
+    return [dataclasses.replace(c, name=c.spec) if seen[c.name] > 1 else c for c in colls]
 
 
 def _cuda_setup(comm: "MPI.Comm") -> tuple[Any, tuple[bool, str]]:
@@ -240,7 +256,7 @@ def prepare(comm: "MPI.Comm", coll: Collective, bufs: Buffers, cfg: BenchConfig,
     bufs.recv.fill(0)
     if bufs.drecv is not None:
         bufs.drecv.zero_()
-    call()
+    _named(coll, bufs, call)
     result, sent = state()
     clobbers = bool(comm.allreduce(not np.array_equal(sent, bufs.pristine), MPI.LOR))
     correct = bool(comm.allreduce(bool(np.array_equal(result, bufs.expected)), MPI.LAND)) and not clobbers
@@ -252,12 +268,31 @@ def prepare(comm: "MPI.Comm", coll: Collective, bufs: Buffers, cfg: BenchConfig,
     return Point(coll, call, iters, correct, clobbers, [], dcoll)
 
 
-def time_batch(comm: "MPI.Comm", pt: Point) -> float:
+def _named(coll: Collective, bufs: Buffers, call: Any) -> None:
+    """One call; an exception from a plug-in names it and the size (one error line, job ended)."""
+    try:
+        call()
+    except HpcError:
+        raise
+    except Exception as exc:
+        raise _raised(coll, bufs, exc) from None
+
+
+def _raised(coll: Collective, bufs: Buffers, exc: Exception) -> HpcError:
+    return HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} ({bufs.send.nbytes} B)")
+
+
+def time_batch(comm: "MPI.Comm", pt: Point, bufs: Buffers) -> float:
     """Seconds per call over one batch of pt.iters calls on this rank, started together."""
     comm.Barrier()
     t0 = time.perf_counter()
-    for _ in range(pt.iters):
-        pt.call()
+    try:
+        for _ in range(pt.iters):
+            pt.call()
+    except HpcError:
+        raise
+    except Exception as exc:
+        raise _raised(pt.coll, bufs, exc) from None
     return (time.perf_counter() - t0) / pt.iters
 
 

@@ -194,6 +194,9 @@ def precheck(tc: TrainConfig, here: bool = True) -> None:
 
     if tc.reps < 1:
         raise HpcError(f"--reps must be >= 1, got {tc.reps}")
+    for path, what in ((tc.json, "--json records file"), (tc.save_params, "--save-params file")):
+        if path:
+            records.check_writable(path, what)
     gpus = gpu.require_cuda() if tc.device == "cuda" and here else 0
     for name in schemes(tc):
         pl = plan(replace(tc, sync=name), tc.np)

@@ -81,3 +81,10 @@ def wrong_in_float64(comm, sendbuf, recvbuf, op=MPI.SUM):
         recvbuf[...] = tmp + np.float64(1e-3)
         return
     _ok(comm, sendbuf, recvbuf, op)
+
+
+def only_sum(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Refuses every op but SUM (a documented refusal, not a bug)."""
+    if op != MPI.SUM:
+        raise NotImplementedError("only SUM")
+    _ok(comm, sendbuf, recvbuf, op)
