@@ -333,7 +333,8 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
     for r in rows:
         r.pop("_fit", None)
     if abs(math.log(drift)) > math.log1p(threshold_pct / 100):
-        notes.append(f"the machine probe ran ×{drift:.2f} slower in B than in A: changes it could "
+        pace = f"×{drift:.2f} slower" if drift > 1 else f"×{1 / drift:.2f} faster"
+        notes.append(f"the machine itself ran {pace} in B than in A (its probe): changes that drift could "
                      "explain are 'inconclusive'")
     for side, only in (("A", set(ia) - set(ib)), ("B", set(ib) - set(ia))):
         if only:
@@ -501,6 +502,23 @@ def ranking_tables(ranked: list[dict[str, Any]]) -> list:
                          "pair when both were measured in the same launches)")
         tabs.append(tab)
     return tabs
+
+
+def ranking_csv(ranked: list[dict[str, Any]]):
+    """Every point's ranking as one table of plain numbers (units in the headers) for spreadsheets."""
+    from hpc.table import Table
+
+    tab = Table("", ["point", "kind", "np", "variant", "metric", "unit", "higher_is_better", "rank", "scheme",
+                     "value", "ci95_low", "ci95_high", "reps", "min", "max", "speed_vs_best",
+                     "vs_best_ci95_low", "vs_best_ci95_high", "verdict"])
+    for pt in ranked:
+        for r in pt["ranking"]:
+            ci, vs = r["ci95"] or [None, None], r["vs_best_ci95"] or [None, None]
+            tab.rows.append(["" if x is None or x != x else str(x) for x in (
+                pt["point"], pt["kind"], pt["np"], pt["variant"], pt["metric"], pt["unit"],
+                pt["higher_is_better"], r["rank"], r["name"], r["value"], ci[0], ci[1], r["n"], r["min"],
+                r["max"], r["speed_vs_best"], vs[0], vs[1], r["verdict"])])
+    return tab
 
 
 def baseline_summary(rows: list[dict[str, Any]]):

@@ -169,7 +169,8 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
     if comp:
         md += ["## Comparison against the baseline", "",
                "busbw for collectives, samples/s for training (higher is better); time where neither "
-               "applies (lower is better). 'same' = inside the noise band or Mann–Whitney p ≥ 0.05.",
+               "applies (lower is better). 'same' = the 95% CI of the ratio does not lie wholly beyond "
+               "the noise band (pair by pair when measured in the same launches).",
                ""] + comp
 
     if coll and any(int(r["np"]) > 1 for r in coll):

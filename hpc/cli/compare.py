@@ -8,7 +8,7 @@ import sys
 
 from hpc.analysis.compare import (METRICS, NOISE_BAND_PCT, baseline_summary, compare_baseline,
                                   compare_records, comparison_table, csv_table, rank_schemes,
-                                  ranking_tables)
+                                  ranking_csv, ranking_tables)
 from hpc.errors import HpcError
 
 _HELP = f"""\
@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
             json.dump(json_safe(ranked), sys.stdout, indent=2, allow_nan=False)
             sys.stdout.write("\n")
         else:
-            print_tables(ranking_tables(ranked), fmt)
+            print_tables([ranking_csv(ranked)] if args.csv else ranking_tables(ranked), fmt)
         return 0
     if args.baseline:
         rows, notes = compare_baseline(load_records(args.a), args.baseline, args.metric,
