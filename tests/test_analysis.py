@@ -308,6 +308,9 @@ def test_cli_compare_alone_ranks_schemes(tmp_path):
     table = hpc("compare", str(tmp_path), timeout=120)
     assert "Which is fastest" in table.stdout and "\x1b[" not in table.stdout  # no ANSI in a pipe
     assert max(len(line) for line in table.stdout.splitlines()) <= 120
+    rows = list(csv.DictReader(io.StringIO(hpc("compare", str(tmp_path), "--csv", timeout=120).stdout)))
+    assert [r["scheme"] for r in rows] == order and rows[-1]["verdict"] == "slower"
+    assert float(rows[0]["value"]) == pytest.approx(pt["ranking"][0]["value"]) and rows[0]["reps"] == "5"
 
 
 def test_cli_plot_schemes_at_fixed_n(tmp_path):
