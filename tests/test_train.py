@@ -309,6 +309,24 @@ def test_model_that_does_not_fit_the_data_file(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
 
 
+def test_float64_and_uint8_image_files_train(tmp_path: Path) -> None:
+    """Images as numpy writes them by default (float64) or as stored datasets keep them (uint8) train
+    like float32 ones, on a built-in model and on a user's factory that only knows the file."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    f64, u8 = tmp_path / "f64.h5", tmp_path / "u8.h5"
+    with h5py.File(f64, "w") as f:
+        f["x"], f["y"] = rng.standard_normal((32, 3, 8, 8)), rng.integers(0, 4, 32)
+    with h5py.File(u8, "w") as f:
+        f["x"], f["y"] = rng.integers(0, 256, (32, 3, 8, 8)).astype(np.uint8), rng.integers(0, 4, 32)
+    net = f"{REPO / 'tests' / 'models' / 'user_net.py'}:net"
+    for data, model in ((f64, "cnn"), (u8, "cnn"), (u8, net), (f64, net)):
+        proc = hpc("train", "--np", "2", "--model", model, "--data", str(data), "--steps", "2", "--batch", "4",
+                   "--sync", "ring", "--classes", "4", timeout=180)
+        assert proc.returncode == 0, (data.name, model, proc.stderr[-2000:])
+
+
 def test_nonfinite_loss_stops_every_rank(tmp_path: Path) -> None:
     for sync, np_ in (("ring", "2"), ("ps-async", "3")):
         out = tmp_path / f"{sync}.jsonl"

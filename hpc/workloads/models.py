@@ -414,7 +414,9 @@ def config_from_data(cfg: ModelConfig, sample_shape: tuple[int, ...], x_dtype: n
     contradicts the file is an error rather than silently replaced.
     """
     explicit = dict(explicit or {})
-    floating, integral = x_dtype.kind == "f", x_dtype.kind in "iu"
+    # uint8 samples of 2+ dimensions are stored images (CIFAR-style): trained on as floats (0..255)
+    images_u8 = x_dtype.kind == "u" and x_dtype.itemsize == 1 and len(sample_shape) >= 2
+    floating, integral = x_dtype.kind == "f" or images_u8, x_dtype.kind in "iu"
     kind = cfg.kind if cfg.builtin or cfg.input_kind else ("tensor" if floating else "tokens")
     file_classes = attrs.get("classes") or (y_max + 1 if y_max is not None else None)
     shape_text = "x".join(map(str, sample_shape))

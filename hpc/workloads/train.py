@@ -489,6 +489,8 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
             x, y = next(source)
             if where is not None:
                 check_batch(trainer.ctx.cfg, x, y, f"{where}, step {s}")
+            if x.dtype != np.float32 and trainer.ctx.cfg.kind != "tokens":  # float64/16, uint8 images
+                x = x.astype(np.float32)  # the models' parameters are float32
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
             yt = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True)
             t1 = time.perf_counter()
