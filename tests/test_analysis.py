@@ -357,3 +357,15 @@ def test_between_run_scatter_widens_the_band_of_relative_points():
     rows, _ = compare.compare_records(a, b)
     verdicts = {r["variant"]: r["verdict"] for r in rows if r["name"] == "ring"}
     assert verdicts[1 << 21] == "worse" and list(verdicts.values()).count("same") == len(sizes) - 1
+
+
+def test_one_training_run_per_scheme_is_one_repetition():
+    """A training record's steps are not repetitions: one run per scheme ranks as 'too few reps'
+    (nothing called fastest), with n = 1."""
+    from tests.test_fit import train_records
+
+    recs = (train_records("ring", 0.9, "strong", nps=(2,), reps=1, seed=1, t1=0.20)
+            + train_records("ddp", 0.9, "strong", nps=(2,), reps=1, seed=2, t1=0.30))
+    (pt,) = compare.rank_schemes(recs)
+    assert [r["n"] for r in pt["ranking"]] == [1, 1]
+    assert {r["verdict"] for r in pt["ranking"]} == {"too few reps"}

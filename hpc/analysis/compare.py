@@ -451,13 +451,14 @@ def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
         field, higher, unit = METRICS[m]
         unit = unit or str(next(iter(by.values()))[0].get("unit") or "")
         stats_by = {}
-        for name, recs in by.items():
-            vals = samples(recs, m) if len(recs) == 1 else [float(r[field]) for r in recs]
+        for name, recs in by.items():  # one bench record: its interleaved batches; else one per run
+            one_bench = len(recs) == 1 and recs[0].get("kind") == "collective"
+            vals = samples(recs, m) if one_bench else [float(r[field]) for r in recs]
             gm, lo, hi = log_interval(vals)
             stats_by[name] = (vals, gm, lo, hi)
         order = sorted(stats_by, key=lambda n: -stats_by[n][1] if higher else stats_by[n][1])
         best = order[0]
-        ranking = []
+        ranking, undecided = [], 0
         for pos, name in enumerate(order, 1):
             vals, gm, lo, hi = stats_by[name]
             cmp = None
@@ -467,6 +468,8 @@ def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
                 cmp = compare_samples(a, b, higher, threshold_pct, paired=pairs is not None)
                 if len(by[best]) == 1 and len(by[name]) == 1 and pairs is None:
                     cmp.update(verdict="too few reps", ci95=None)  # batches of unrelated runs
+                if cmp["verdict"] == "too few reps":
+                    undecided += 1
             speed = (gm / stats_by[best][1]) if higher else (stats_by[best][1] / gm)
             ranking.append({"rank": pos, "name": name, "value": gm, "ci95": [lo, hi], "unit": unit,
                             "n": len(vals), "min": float(np.min(vals)), "max": float(np.max(vals)),
@@ -474,6 +477,8 @@ def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
                             "verdict": "fastest" if cmp is None else
                             {"worse": "slower", "better": "faster", "same": "same as fastest"}
                             .get(cmp["verdict"], cmp["verdict"])})
+        if undecided == len(ranking) - 1:  # no comparison could be made: nothing is "fastest" yet
+            ranking[0]["verdict"] = "too few reps"
         kind, np_, variant, extra, scaling = pkey
         out.append({"point": _point((None, *pkey)), "kind": kind, "np": np_, "variant": variant,
                     "metric": m, "unit": unit, "higher_is_better": higher, "ranking": ranking})
