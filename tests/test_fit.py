@@ -130,6 +130,15 @@ def test_gustafson_pointwise_serial_fraction():
     assert r.ceiling is None
 
 
+def test_poor_law_fit_predicts_nothing():
+    """Times that do not follow the law (R² < 0.9) get no predictions and no prediction table."""
+    n = np.repeat([1, 2, 4, 8], 3)
+    t = np.array([1.0, 1.1, 0.9, 0.3, 1.4, 0.7, 1.2, 0.4, 0.9, 0.6, 1.3, 0.5])
+    r = scaling.fit_law(n, t, "amdahl")
+    assert r.r2 < 0.9 and r.predictions == [] and any(f["code"] == "poor_fit" for f in r.flags)
+    assert all("Predictions" not in tab.title for tab in scaling.detail_tables(r))
+
+
 def test_predictions_at_2_10_100_times_largest_n():
     n, t = synth("amdahl", 0.95, 0.01, 3)
     r = scaling.fit_law(n, t, "amdahl")

@@ -146,7 +146,8 @@ def fit_law(n, t, law: str, *, bootstrap: int = 0, seed: int = 0,
         ci95_bootstrap=list(boot) if boot else None, p_se=core.p_se,
         p_unconstrained=core.p_unconstrained, at_bound=at_bound, t1=core.t1,
         t1_ci95=list(core.t1_ci95) if core.t1_ci95 else None, r2=r2, smape=smape, ceiling=ceiling,
-        n_obs=core.n_obs, n_points=len(uniq), points=points, predictions=preds,
+        n_obs=core.n_obs, n_points=len(uniq), points=points,
+        predictions=preds if math.isfinite(r2) and r2 >= POOR_R2 else [],  # a poor fit predicts nothing
         model_choice=choice, flags=flags)
 
 
@@ -351,20 +352,22 @@ def detail_tables(r: FitResult) -> list:
     if r.law == AMDAHL:
         pts.notes.append(f"Amdahl ceiling 1/(1−P) = {fmt_num(r.ceiling)}")
     pts.notes += [f"{f['code']}: {f['message']}" for f in r.flags]
-    poor = not (math.isfinite(r.r2) and r.r2 >= POOR_R2)
-    pred = Table("Predictions (law)" + (f" — R² {fmt_num(r.r2, 3)} < {POOR_R2}: NOT reliable" if poor else ""),
-                 ["N", "speedup", "95% CI", "efficiency", "time"])
-    for p in r.predictions:
-        pred.add(f"{p['np']} ({p['factor']}×)", fmt_num(p["speedup"]), _ci(p["speedup_ci95"]),
-                 fmt_num(p["efficiency"], 3), fmt_time(p["time_s"]))
+    tables = [pts]
+    if r.predictions:  # none for a poor fit (R² < POOR_R2): the flag above says why
+        pred = Table("Predictions (law)", ["N", "speedup", "95% CI", "efficiency", "time"])
+        for p in r.predictions:
+            pred.add(f"{p['np']} ({p['factor']}×)", fmt_num(p["speedup"]), _ci(p["speedup_ci95"]),
+                     fmt_num(p["efficiency"], 3), fmt_time(p["time_s"]))
+        tables.append(pred)
     mc = r.model_choice
+    at = list(mc["models"][0]["predicted_time_s"]) if mc["models"] else []
     mod = Table("Model choice (log-space least squares)",
                 ["model", "form", "k", "AICc", "ΔAICc", "BIC", "leave-one-N-out RMSE (log)",
-                 *[f"time @ N={q}" for q in (p["np"] for p in r.predictions)]])
+                 *[f"time @ N={q}" for q in at]])
     for m in mc["models"]:
         mod.add(m["name"], m["form"], m["k"], fmt_num(m["aicc"]), fmt_num(m["delta_aicc"], 3),
                 fmt_num(m["bic"]), fmt_num(m["loo_rmse_log"], 3),
                 *[fmt_time(v) for v in m["predicted_time_s"].values()])
     mod.notes.append(mc["verdict"] + (f"; BIC prefers {mc['best_bic']}, CV prefers {mc['best_cv']}"
                                       if mc.get("best_bic") else ""))
-    return [pts, pred, mod]
+    return [*tables, mod]
