@@ -327,6 +327,13 @@ def test_float64_and_uint8_image_files_train(tmp_path: Path) -> None:
         assert proc.returncode == 0, (data.name, model, proc.stderr[-2000:])
 
 
+def test_sys_exit_on_one_rank_ends_the_job_in_one_line() -> None:
+    model = f"{REPO / 'tests' / 'models' / 'user_net.py'}:exits_on_rank1"
+    line = one_error_line(hpc("train", "--np", "2", "--model", model, "--input-shape", "3x8x8", "--classes", "4",
+                              "--steps", "2", timeout=120))
+    assert "rank 1: the workload called sys.exit(5)" in line, line
+
+
 def test_nonfinite_loss_stops_every_rank(tmp_path: Path) -> None:
     for sync, np_ in (("ring", "2"), ("ps-async", "3")):
         out = tmp_path / f"{sync}.jsonl"

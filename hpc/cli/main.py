@@ -82,8 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except SystemExit:
-        raise
+    except SystemExit as exc:  # sys.exit(N) in user code on one rank: end the job, name the rank
+        code = exc.code
+        if code in (None, 0) or not _in_multirank_job():
+            raise
+        return _fail(f"the workload called sys.exit({code!r})", code if isinstance(code, int) else 1)
     except BaseException as exc:  # a bug or a user plug-in raising: still one line, naming the rank
         if env.get("HPC_DEBUG"):
             traceback.print_exc()
@@ -98,6 +101,12 @@ def _check_workload(parser: argparse.ArgumentParser, words: list[str], here: boo
     precheck = getattr(wargs, "precheck", None)
     if precheck:
         precheck(wargs, here)  # here: the points start on this machine (local launcher)
+
+
+def _in_multirank_job() -> bool:
+    from hpc import comm
+
+    return comm.mpi_active() and comm.world().Get_size() > 1
 
 
 def _inside_mpi() -> bool:

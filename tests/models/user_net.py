@@ -54,3 +54,12 @@ def broken(**kwargs) -> nn.Module:
 
 def not_a_module() -> int:
     return 42
+
+
+def exits_on_rank1(**kwargs) -> nn.Module:
+    """net(), but rank 1 calls sys.exit(5) while building it (a user's "bail out" path)."""
+    import sys
+
+    if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMIX_RANK", "0"))) == 1:
+        sys.exit(5)
+    return net(**kwargs)
