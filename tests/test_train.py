@@ -327,6 +327,15 @@ def test_float64_and_uint8_image_files_train(tmp_path: Path) -> None:
         assert proc.returncode == 0, (data.name, model, proc.stderr[-2000:])
 
 
+def test_uneven_strong_batch_is_said(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    proc = hpc("train", "--np", "2", "--model", "mlp", "--batch", "7", "--scaling", "strong", "--steps", "2",
+               "--json", str(out), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "--batch 7 does not split evenly over 2 data ranks: 3 per rank, global batch 6" in proc.stderr
+    assert json.loads(out.read_text())["global_batch"] == 6
+
+
 def test_sys_exit_on_one_rank_ends_the_job_in_one_line() -> None:
     model = f"{REPO / 'tests' / 'models' / 'user_net.py'}:exits_on_rank1"
     line = one_error_line(hpc("train", "--np", "2", "--model", model, "--input-shape", "3x8x8", "--classes", "4",

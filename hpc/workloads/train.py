@@ -198,8 +198,15 @@ def precheck(tc: TrainConfig, here: bool = True) -> None:
         if path:
             records.check_writable(path, what)
     gpus = gpu.require_cuda() if tc.device == "cuda" and here else 0
+    uneven = set()
     for name in schemes(tc):
         pl = plan(replace(tc, sync=name), tc.np)
+        workers = pl.facts.data_ranks(tc.np, pl.servers) if tc.np else 0
+        if pl.scaling == "strong" and workers and tc.batch % workers and workers not in uneven:
+            uneven.add(workers)
+            print(f"hpc: note: --batch {tc.batch} does not split evenly over {workers} data ranks"
+                  f"{' (' + name + ')' if len(schemes(tc)) > 1 else ''}: {tc.batch // workers} per rank, "
+                  f"global batch {tc.batch // workers * workers}", file=sys.stderr)
         if not sync.installed(pl.scheme):
             raise HpcError(sync.missing_message(pl.scheme))
         if tc.device == "cuda" and here:
