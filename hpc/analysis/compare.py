@@ -303,7 +303,11 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
     ia, ib = _index(a), _index(b)
     common = sorted(set(ia) & set(ib), key=lambda k: sort_key((k[1], k[5], k[2], k[3], k[4], k[0])))
     if not common:
-        raise HpcError(f"no matching points between A ({len(ia)} points) and B ({len(ib)} points)")
+        def some(idx):
+            return "; ".join(_label(k) for k in sorted(idx, key=repr)[:2]) or "none"
+        raise HpcError(f"no matching points between A ({len(ia)} points, e.g. {some(ia)}) and B ({len(ib)} "
+                       f"points, e.g. {some(ib)}): points match on kind, name, np, size/model/program "
+                       "arguments, dtype and op or global batch, and scaling")
     names = {k[0] for k in common}
     auto = reference == "auto"
     # auto: native MPI_Allreduce, which no hpc change can make slower, is the in-run reference of
