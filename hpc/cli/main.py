@@ -136,6 +136,7 @@ def _fail(message: str, code: int, abort: bool = True) -> int:
 
     if threading.current_thread() is threading.main_thread():  # already failing: the launcher's
         signal.signal(signal.SIGTERM, lambda *_: os._exit(code or 1))  # SIGTERM just ends us, no traceback
+    message = " ".join(str(message).split())  # one line, whatever a library put in its exception
     sys.stderr.write(f"hpc: error: {comm.rank_prefix()}{message}\n")
     sys.stderr.flush()
     if abort and comm.mpi_active() and comm.world().Get_size() > 1:

@@ -280,8 +280,15 @@ def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
               f"(--order-seed {seed} repeats it)")
     done: list[dict[str, Any]] = []
     for i, (name, rep) in enumerate(order):
-        rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True,
-                      extra={"order_seed": seed, "run_index": i, "rep_in_run": rep})
+        try:
+            rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True,
+                          extra={"order_seed": seed, "run_index": i, "rep_in_run": rep})
+        except HpcError as exc:  # say which scheme of the list failed (the records so far are kept)
+            err = HpcError(f"--sync {name} (run {i + 1} of {len(order)}): {exc}")
+            err.exit_code = exc.exit_code
+            raise err from None
+        except Exception as exc:
+            raise HpcError(f"--sync {name} (run {i + 1} of {len(order)}): {type(exc).__name__}: {exc}") from None
         if rec is not None:
             done.append(rec)
             out.print(f"  [{i + 1}/{len(order)}] {name:<16} rep {rep}: {rec['steps_per_s']:.2f} steps/s, "
