@@ -179,3 +179,16 @@ def test_flag_contradicting_the_data_file(tmp_path: Path) -> None:
     line = one_error_line(hpc("train", "--np", "1", "--data", str(data), "--classes", "7", "--steps", "1",
                               timeout=120))
     assert f"--classes 7 contradicts {data}" in line and "holds classes 4" in line, line
+
+
+def test_module_spec_resolves_from_the_working_directory() -> None:
+    """`--model user_net:net` from the folder holding user_net.py, as `python -m` would find it."""
+    import subprocess
+
+    script = Path(sys.executable).parent / "hpc"  # the console script: its sys.path lacks the cwd
+    if not script.exists():
+        pytest.skip("no hpc console script beside this interpreter")
+    proc = subprocess.run([str(script), "train", "--np", "2", "--model", "user_net:net", "--input-shape", "3x6x6",
+                           "--classes", "4", "--steps", "2", "--batch", "4"], cwd=REPO / "tests" / "models",
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -121,6 +122,7 @@ def resolve_callable(target: str, what: str = "collective", spec: str | None = N
         if left.endswith(".py") or "/" in left or path.is_file():
             module = _import_file(path, spec, what)
         else:
+            _cwd_on_path()
             module = importlib.import_module(left)
     except HpcError:
         raise
@@ -153,12 +155,21 @@ def precheck_callable(target: str, what: str = "collective", spec: str | None = 
             where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
             raise HpcError(f"cannot load {what} '{spec}': {type(exc).__name__} in {left}{where}: "
                            f"{getattr(exc, 'msg', None) or exc}") from None
-    elif importlib.util.find_spec(left.split(".")[0]) is None:
+    elif _cwd_on_path() or importlib.util.find_spec(left.split(".")[0]) is None:
         raise HpcError(f"cannot import '{left}' for {what} '{spec}': no module named "
                        f"'{left.split('.')[0]}'")
 
 
 _FILE_KIND = {"collective": "plug-in file"}
+
+
+def _cwd_on_path() -> bool:
+    """`mymodel:factory` run from mymodel.py's folder resolves, as `python -m` would there (the
+    `hpc` script's sys.path does not hold the working directory). Always False (for `or` chains)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # after the installed packages: a local file never shadows one of them
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
