@@ -320,6 +320,14 @@ def test_float64_and_uint8_image_files_train(tmp_path: Path) -> None:
         f["x"], f["y"] = rng.standard_normal((32, 3, 8, 8)), rng.integers(0, 4, 32)
     with h5py.File(u8, "w") as f:
         f["x"], f["y"] = rng.integers(0, 256, (32, 3, 8, 8)).astype(np.uint8), rng.integers(0, 4, 32)
+    named = tmp_path / "named.h5"
+    with h5py.File(named, "w") as f:
+        f["train/images"], f["train/labels"] = rng.standard_normal((32, 3, 8, 8)), rng.integers(0, 4, 32)
+    proc = hpc("train", "--np", "2", "--model", "cnn", "--data", str(named), "--steps", "1", timeout=120)
+    assert "--x-name/--y-name" in one_error_line(proc)
+    proc = hpc("train", "--np", "2", "--model", "cnn", "--data", str(named), "--x-name", "train/images",
+               "--y-name", "train/labels", "--steps", "2", "--batch", "4", "--classes", "4", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     net = f"{REPO / 'tests' / 'models' / 'user_net.py'}:net"
     for data, model in ((f64, "cnn"), (u8, "cnn"), (u8, net), (f64, net)):
         proc = hpc("train", "--np", "2", "--model", model, "--data", str(data), "--steps", "2", "--batch", "4",

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int_min(1), default=32,
                    help="samples per rank per step; with --scaling strong the global batch (default 32)")
     p.add_argument("--data", metavar="FILE.h5", help="train on this HDF5 file (x, y) instead of synthetic data")
+    p.add_argument("--x-name", default="x", metavar="NAME",
+                   help="--data: the features dataset (a path such as train/images works; default x)")
+    p.add_argument("--y-name", default="y", metavar="NAME", help="--data: the labels dataset (default y)")
     p.add_argument("--scaling", choices=SCALINGS, default=None,
                    help="strong: --batch is global, split over ranks; weak/none: --batch per rank "
                         "(default $HPC_SCALING or none)")

@@ -51,6 +51,8 @@ class TrainConfig:
     warmup: int = 2
     batch: int = 32
     data: str | None = None
+    x_name: str = "x"  # datasets of --data
+    y_name: str = "y"
     scaling: str | None = None
     json: str | None = None
     bucket_mb: float = 25.0
@@ -457,13 +459,18 @@ def data_source(tc: TrainConfig, pl: Plan, rank: int, p: int, n_workers: int,
     from hpc.data.loader import ShardedLoader
 
     mode = "strong" if pl.scaling == "strong" else "weak"
-    loader = ShardedLoader(tc.data, max(data_rank, 0), n_workers, mode=mode, batch_size=batch,
-                           samples_per_rank=None if mode == "strong" else batch * tc.steps,
-                           seed=tc.seed, shuffle=True, drop_last=True, wrap=True)
+    try:
+        loader = ShardedLoader(tc.data, max(data_rank, 0), n_workers, mode=mode, batch_size=batch,
+                               samples_per_rank=None if mode == "strong" else batch * tc.steps,
+                               seed=tc.seed, shuffle=True, drop_last=True, wrap=True, x=tc.x_name, y=tc.y_name)
+    except HpcError as exc:
+        if "no dataset" in str(exc):
+            raise HpcError(f"{exc}; --x-name/--y-name choose them") from None
+        raise
     cfg = config_from_data(pl.cfg, loader.sample_shape, loader.x_dtype, loader.attrs, None,
                            explicit=pl.explicit, source=tc.data)
     if loader.y_dtype is None:
-        raise HpcError(f"{tc.data}: no label dataset 'y'")
+        raise HpcError(f"{tc.data}: no label dataset '{tc.y_name}' (--y-name)")
     if len(loader) == 0:
         raise HpcError(f"{tc.data}: rank {data_rank}'s shard has {loader.num_samples} samples, "
                        f"fewer than one batch of {batch}")
