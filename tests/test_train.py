@@ -329,9 +329,9 @@ def test_float64_and_uint8_image_files_train(tmp_path: Path) -> None:
                "--y-name", "train/labels", "--steps", "2", "--batch", "4", "--classes", "4", timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     net = f"{REPO / 'tests' / 'models' / 'user_net.py'}:net"
-    for data, model in ((f64, "cnn"), (u8, "cnn"), (u8, net), (f64, net)):
+    for data, model in ((f64, "cnn"), (u8, "cnn"), (u8, net), (f64, net)):  # 4 classes: from the labels
         proc = hpc("train", "--np", "2", "--model", model, "--data", str(data), "--steps", "2", "--batch", "4",
-                   "--sync", "ring", "--classes", "4", timeout=180)
+                   "--sync", "ring", timeout=180)
         assert proc.returncode == 0, (data.name, model, proc.stderr[-2000:])
 
 

@@ -298,6 +298,13 @@ class ShardedLoader:
     def y_dtype(self) -> np.dtype | None:
         return self._y.dtype if self._y is not None else None
 
+    def label_max(self, block: int = 1 << 20) -> int | None:
+        """The largest label in the whole file (read in blocks), None without integer labels: what
+        a file made elsewhere says about its number of classes when its attributes do not."""
+        if self._y is None or self._y.dtype.kind not in "iu" or self._y.shape[0] == 0:
+            return None
+        return max(int(np.max(self._y[i:i + block])) for i in range(0, self._y.shape[0], block))
+
     @property
     def attrs(self) -> dict[str, Any]:
         """The file's attributes (how it was made: kind, classes, seed, ...), as plain values."""

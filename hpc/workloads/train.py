@@ -467,7 +467,10 @@ def data_source(tc: TrainConfig, pl: Plan, rank: int, p: int, n_workers: int,
         if "no dataset" in str(exc):
             raise HpcError(f"{exc}; --x-name/--y-name choose them") from None
         raise
-    cfg = config_from_data(pl.cfg, loader.sample_shape, loader.x_dtype, loader.attrs, None,
+    attrs = loader.attrs  # classes/vocab from the file's attributes, else (no flag) from its largest label
+    given = attrs.get("classes") or attrs.get("vocab") or {"--classes", "--vocab"} & set(pl.explicit)
+    y_max = None if given else loader.label_max()
+    cfg = config_from_data(pl.cfg, loader.sample_shape, loader.x_dtype, attrs, y_max,
                            explicit=pl.explicit, source=tc.data)
     if loader.y_dtype is None:
         raise HpcError(f"{tc.data}: no label dataset '{tc.y_name}' (--y-name)")
@@ -493,6 +496,7 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
 
     `where` names a data file whose batches are checked (labels, NaN) as they are read."""
     import torch
+    from mpi4py import MPI
 
     from hpc.comm import Watchdog
 
@@ -521,7 +525,6 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
                 limit = max(step_timeout, 50 * float(np.median(log.total))) if log.total else 4 * step_timeout
             watchdog.arm(limit, f"training step {s}")
             res = trainer.step(xt, yt)
-            watchdog.disarm()
             t2 = time.perf_counter()
             log.data.append(t1 - t0)
             log.compute.append(res.compute_s)
@@ -531,14 +534,18 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
             log.loss.append(res.loss)
             progress.tick(s + 1, res.loss)
             if lockstep:  # untimed: the global loss, and the same non-finite verdict on every rank
-                total = comm.allreduce(res.loss)
-                mean = total / comm.Get_size()
+                # still under the watchdog, and buffer-based: mpi4py's pickled allreduce holds the GIL
+                # while it waits, so a stopped peer there would starve the watchdog thread for ever
+                total = np.array([res.loss], dtype=np.float64)
+                comm.Allreduce(MPI.IN_PLACE, total)
+                mean = float(total[0]) / comm.Get_size()
                 losses.append(mean)
                 if not np.isfinite(mean):
                     bad = comm.allgather(np.isfinite(res.loss))
                     who = ", ".join(str(r) for r, ok in enumerate(bad) if not ok) or "?"
                     raise HpcError(f"non-finite loss at step {s} (rank {who}): training diverged "
                                    "(lower --lr?)")
+            watchdog.disarm()
     finally:
         watchdog.close()
     trainer.finish_worker()
