@@ -344,6 +344,18 @@ def test_uneven_strong_batch_is_said(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["global_batch"] == 6
 
 
+def test_a_file_smaller_than_a_global_batch_is_said(tmp_path: Path) -> None:
+    import h5py
+
+    tiny = tmp_path / "tiny.h5"
+    with h5py.File(tiny, "w") as f:
+        f["x"], f["y"] = np.random.default_rng(0).random((3, 4)).astype(np.float32), np.array([0, 1, 2])
+    proc = hpc("train", "--np", "2", "--model", "mlp", "--data", str(tiny), "--batch", "8", "--steps", "2",
+               "--sync", "ring,mpi", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("holds 3 samples, fewer than one global batch of 16") == 1, proc.stderr
+
+
 def test_sys_exit_on_one_rank_ends_the_job_in_one_line() -> None:
     model = f"{REPO / 'tests' / 'models' / 'user_net.py'}:exits_on_rank1"
     line = one_error_line(hpc("train", "--np", "2", "--model", model, "--input-shape", "3x8x8", "--classes", "4",

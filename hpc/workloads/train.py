@@ -477,7 +477,14 @@ def data_source(tc: TrainConfig, pl: Plan, rank: int, p: int, n_workers: int,
     if len(loader) == 0:
         raise HpcError(f"{tc.data}: rank {data_rank}'s shard has {loader.num_samples} samples, "
                        f"fewer than one batch of {batch}")
+    if data_rank == 0 and loader.n_total < batch * n_workers and tc.data not in _SAID_SMALL:
+        _SAID_SMALL.add(tc.data)  # once per process (side-by-side runs read the file again)
+        sys.stderr.write(f"hpc: note: {tc.data} holds {loader.n_total} samples, fewer than one global batch "
+                         f"of {batch * n_workers}: every step repeats samples\n")
     return cfg, (_epochs(loader) if data_rank >= 0 else None)
+
+
+_SAID_SMALL: set[str] = set()
 
 
 def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
