@@ -356,6 +356,16 @@ def test_a_file_smaller_than_a_global_batch_is_said(tmp_path: Path) -> None:
     assert proc.stderr.count("holds 3 samples, fewer than one global batch of 16") == 1, proc.stderr
 
 
+def test_ddp_with_unused_parameters_needs_the_flag_and_works_with_it() -> None:
+    model = f"{REPO / 'tests' / 'models' / 'user_net.py'}:with_unused"
+    args = ("train", "--np", "2", "--model", model, "--input-shape", "3x6x6", "--classes", "4", "--steps", "3",
+            "--batch", "4")
+    line = one_error_line(hpc(*args, "--sync", "ring,ddp", "--order-seed", "1", timeout=180))
+    assert "--sync ddp" in line and "find_unused_parameters" in line, line
+    ok = hpc(*args, "--sync", "ddp", "--ddp-find-unused", timeout=180)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
 def test_sys_exit_on_one_rank_ends_the_job_in_one_line() -> None:
     model = f"{REPO / 'tests' / 'models' / 'user_net.py'}:exits_on_rank1"
     line = one_error_line(hpc("train", "--np", "2", "--model", model, "--input-shape", "3x8x8", "--classes", "4",

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("gradient sync")
     g.add_argument("--bucket-mb", type=float_pos, default=25.0, help="fusion bucket size in MiB (default 25)")
     g.add_argument("--fp16-compress", action="store_true", help="send gradients as float16")
+    g.add_argument("--ddp-find-unused", action="store_true",
+                   help="ddp: find_unused_parameters=True, for models with parameters that get no gradient "
+                        "(other schemes need nothing)")
     g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                    help="own sync: reduce buckets during backward (on) or after it (off); auto = on "
                         "when each rank has a spare core for the communication thread or uses a GPU")

@@ -57,6 +57,7 @@ class TrainConfig:
     json: str | None = None
     bucket_mb: float = 25.0
     fp16_compress: bool = False
+    ddp_find_unused: bool = False
     overlap: str = "auto"
     host_staging: bool = False
     servers: int | None = None
@@ -329,7 +330,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
         cuda_aware = gpu.agreed_cuda_aware(comm)
     prov = records.provenance(comm, records.command_line(), device=device.type, cuda_aware=cuda_aware)
     opts = TrainOptions(optimizer=tc.optimizer, lr=pl.lr, momentum=tc.momentum,
-                        bucket_mb=tc.bucket_mb, fp16_compress=tc.fp16_compress,
+                        bucket_mb=tc.bucket_mb, fp16_compress=tc.fp16_compress, find_unused=tc.ddp_find_unused,
                         overlap=_overlap(tc.overlap, device.type, local_size),
                         host_staging=tc.host_staging,
                         servers=pl.servers, staleness=tc.staleness)

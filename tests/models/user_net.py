@@ -63,3 +63,10 @@ def exits_on_rank1(**kwargs) -> nn.Module:
     if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMIX_RANK", "0"))) == 1:
         sys.exit(5)
     return net(**kwargs)
+
+
+def with_unused(**kwargs) -> nn.Module:
+    """net() plus a layer the forward never uses (a frozen head, an auxiliary branch left off)."""
+    model = net(**kwargs)
+    model.unused = nn.Linear(3, 3)
+    return model

@@ -38,6 +38,7 @@ class TrainOptions:
     momentum: float = 0.0
     bucket_mb: float = 25.0
     fp16_compress: bool = False
+    find_unused: bool = False  # ddp: parameters that get no gradient (find_unused_parameters)
     overlap: bool = True
     host_staging: bool = False
     servers: int = 1

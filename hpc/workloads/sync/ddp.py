@@ -70,7 +70,8 @@ class DDPTrainer(Trainer):
         ensure_process_group(ctx)
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(ctx.model, device_ids=ids, bucket_cap_mb=ctx.opts.bucket_mb,
-                                           gradient_as_bucket_view=True)
+                                           gradient_as_bucket_view=True,
+                                           find_unused_parameters=ctx.opts.find_unused)
         if ctx.opts.fp16_compress:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
