@@ -146,6 +146,7 @@ def precheck_callable(target: str, what: str = "collective", spec: str | None = 
     left, sep, attr = target.rpartition(":")
     if not sep or not left or not attr:
         raise HpcError(f"bad {what} spec '{spec}': expected module:func or file.py:func")
+    _cwd_on_path()
     if left.endswith(".py") or "/" in left:
         if not Path(left).is_file():
             raise HpcError(f"{_FILE_KIND.get(what, what + ' file')} not found: {left} ({what} '{spec}')")
@@ -155,7 +156,7 @@ def precheck_callable(target: str, what: str = "collective", spec: str | None = 
             where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
             raise HpcError(f"cannot load {what} '{spec}': {type(exc).__name__} in {left}{where}: "
                            f"{getattr(exc, 'msg', None) or exc}") from None
-    elif _cwd_on_path() or importlib.util.find_spec(left.split(".")[0]) is None:
+    elif importlib.util.find_spec(left.split(".")[0]) is None:
         raise HpcError(f"cannot import '{left}' for {what} '{spec}': no module named "
                        f"'{left.split('.')[0]}'")
 
@@ -163,13 +164,12 @@ def precheck_callable(target: str, what: str = "collective", spec: str | None = 
 _FILE_KIND = {"collective": "plug-in file"}
 
 
-def _cwd_on_path() -> bool:
+def _cwd_on_path() -> None:
     """`mymodel:factory` run from mymodel.py's folder resolves, as `python -m` would there (the
-    `hpc` script's sys.path does not hold the working directory). Always False (for `or` chains)."""
+    `hpc` script's sys.path does not hold the working directory)."""
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)  # after the installed packages: a local file never shadows one of them
-    return False
 
 
 def _one_line(exc: BaseException) -> str:
