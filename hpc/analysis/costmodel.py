@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from hpc.analysis.laws import POOR_R2
+from hpc.analysis.laws import POOR_R2, poor_fit
 from hpc.errors import HpcError
 from hpc.kernels import busbw as busbw_gbps
 
@@ -93,7 +93,7 @@ class CostFit:
     @property
     def poor(self) -> bool:
         """R² below POOR_R2: the form does not describe the data, so it predicts nothing."""
-        return not (math.isfinite(self.r2) and self.r2 >= POOR_R2)
+        return poor_fit(self.r2)
 
     def predict(self, p, n):
         """Predicted time (s) at rank count(s) p and size(s) n, with a 95% CI of the mean."""
@@ -162,7 +162,7 @@ def fit_costmodel(p, n, t, algo: str) -> CostFit:
     if len(np.unique(p)) < 2:
         flags.append({"code": "one_np", "message": "one rank count only: the p-dependence is the "
                                                    "form's assumption, not measured"})
-    if not (math.isfinite(r2) and r2 >= POOR_R2):
+    if poor_fit(r2):
         flags.append({"code": "poor_fit", "message": f"R² = {r2:.3f} < {POOR_R2}: the α–β form describes "
                                                      "these times poorly; no prediction"})
     return CostFit(algo=algo, form=form, formula=FORMS[form], alpha_s=float(theta[0]),

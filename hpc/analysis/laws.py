@@ -27,6 +27,11 @@ PREDICT_FACTORS = (2, 10, 100)
 POOR_R2 = 0.9  # a fit (scaling law or α–β) below this R² describes its points poorly: no prediction
 
 
+def poor_fit(r2: float) -> bool:
+    """R² below POOR_R2, or undefined: the fit describes its points poorly and predicts nothing."""
+    return not (isinstance(r2, (int, float)) and math.isfinite(r2) and r2 >= POOR_R2)
+
+
 # --------------------------------------------------------------------------- the two laws
 
 def amdahl_speedup(n: Any, p: Any) -> Any:

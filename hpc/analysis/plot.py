@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hpc.analysis.laws import POOR_R2
+from hpc.analysis.laws import poor_fit
 from hpc.errors import HpcError
 
 _MARKERS = "osD^v<>ph*"
@@ -122,10 +122,8 @@ def _fit_curve(ax, f, grid, c, per_rank: bool) -> bool:
 
 
 def _good_fit(fit) -> bool:
-    """R² ≥ 0.9: only then is an extrapolation drawn (a poor fit's curve stays within the data)."""
-    import math
-
-    return isinstance(fit.r2, float) and math.isfinite(fit.r2) and fit.r2 >= POOR_R2
+    """R² ≥ POOR_R2: only then is an extrapolation drawn (a poor fit's curve stays within the data)."""
+    return not poor_fit(fit.r2)
 
 
 def _name(fit) -> str:

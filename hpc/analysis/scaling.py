@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from hpc.analysis.choice import choose_model
 from hpc.analysis.groups import GROUP_FIELDS, group_label, group_records, json_safe, load_records
 from hpc.analysis.laws import (_DEFAULT_LAW, AMDAHL, GUSTAFSON, POOR_R2, PREDICT_FACTORS, CoreFit, bootstrap_p,
-                               fit_core, law_speedup, law_time, normalize_law)
+                               fit_core, law_speedup, law_time, normalize_law, poor_fit)
 from hpc.errors import HpcError
 
 # --------------------------------------------------------------------------- full analysis
@@ -147,7 +147,7 @@ def fit_law(n, t, law: str, *, bootstrap: int = 0, seed: int = 0,
         p_unconstrained=core.p_unconstrained, at_bound=at_bound, t1=core.t1,
         t1_ci95=list(core.t1_ci95) if core.t1_ci95 else None, r2=r2, smape=smape, ceiling=ceiling,
         n_obs=core.n_obs, n_points=len(uniq), points=points,
-        predictions=preds if math.isfinite(r2) and r2 >= POOR_R2 else [],  # a poor fit predicts nothing
+        predictions=[] if poor_fit(r2) else preds,  # a poor fit predicts nothing
         model_choice=choice, flags=flags)
 
 
@@ -313,7 +313,7 @@ def summary_table(results: list[FitResult], wide: bool = False):
         v = g.get("variant")
         v = fmt_bytes(v) if g.get("kind") == "collective" and isinstance(v, (int, float)) else v
         pr = next((x for x in r.predictions if x["factor"] == PREDICT_FACTORS[1]), None)
-        poor = not (math.isfinite(r.r2) and r.r2 >= POOR_R2)
+        poor = poor_fit(r.r2)
         cells = [g.get("kind", "csv"), g.get("name", r.label), v if v is not None else "",
                  r.law, f"{r.points[0]['np']}–{r.points[-1]['np']}", f"{r.p:.4f} {_ci(r.ci95, 3)}",
                  fmt_num(r.r2, 3),
@@ -324,7 +324,7 @@ def summary_table(results: list[FitResult], wide: bool = False):
                           fmt_num(r.ceiling, 3) if r.law == AMDAHL else "none",
                           r.model_choice.get("best_aicc")]
         tab.add(*cells)
-    if any(not (math.isfinite(r.r2) and r.r2 >= POOR_R2) for r in results):
+    if any(poor_fit(r.r2) for r in results):
         tab.notes.append(f"poor fit: R² < {POOR_R2}, the law does not describe these points; no prediction")
     if any(r.group.get("kind") == "collective" for r in results):
         tab.notes.append("collective records: the α–β cost model is usually the apt fit "
