@@ -139,8 +139,7 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
         if fits:
             md += [scaling.summary_table(fits).to_markdown()]
             for r in fits:
-                pts, pred, mod = scaling.detail_tables(r)
-                md += [f"### {r.label}", "", pts.to_markdown(), pred.to_markdown(), mod.to_markdown()]
+                md += [f"### {r.label}", "", *(t.to_markdown() for t in scaling.detail_tables(r))]
         md += [f"- skipped {s}" for s in skipped] + ([""] if skipped else [])
     if fits or coll:
         md += ["## Plots", ""]
