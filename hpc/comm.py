@@ -102,6 +102,19 @@ class Watchdog:
                 abort(3)
 
 
+@contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """End the whole job (one line naming `what`) if the block runs longer than `seconds`: for
+    set-up that can wait on a peer forever (a rendezvous, a process group's first handshake)."""
+    dog = Watchdog()
+    dog.arm(seconds, what)
+    try:
+        yield
+    finally:
+        dog.disarm()
+        dog.close()
+
+
 def check_uniform(comm: "MPI.Comm", buf: np.ndarray, what: str = "buffer") -> None:
     """Raise the same HpcError on every rank if buffer lengths or dtypes differ across ranks.
 

@@ -25,7 +25,7 @@ VARIABLES: dict[str, str] = {
     "HPC_DEBUG": "print the full traceback of an unexpected error (user)",
     "HPC_HIER_GROUP": "shared | host: what the hier kernel calls a node (kernels/_shm.py; user)",
     "HPC_HIER_NODES": "k: testing knob, split ranks into k contiguous 'nodes' for hier (user)",
-    "HPC_PROGRESS_S": "seconds between `hpc train` progress lines on stderr (user; default 15)",
+    "HPC_PROGRESS_S": "seconds between progress lines of `hpc train` (stderr) and of a Slurm sweep (user; default 15)",
     "HPC_OVERSUBSCRIBE": "1: allow more than 8 ranks per core on one machine (user)",
     "HPC_CUDA_AWARE": "1 | 0: treat the MPI as CUDA-aware (device buffers into MPI) or not (pinned host "
                       "staging), overriding the detection in hpc/gpu.py (user)",

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from hpc.errors import HpcError
 
@@ -364,12 +364,14 @@ def _queue(job_ids: Sequence[str], env: Mapping[str, str] | None) -> dict[str, l
 
 
 def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
-         *, env: Mapping[str, str] | None = None) -> dict[str, JobState]:
+         *, env: Mapping[str, str] | None = None,
+         on_poll: Callable[[dict[str, JobState]], None] | None = None) -> dict[str, JobState]:
     """Poll until every job is done; return {job id: JobState} (array jobs give one entry per task).
 
     One squeue call per poll for all jobs; `scontrol show job` once a job has ended, for its exit
     code. A job Slurm has forgotten (older than MinJobAge) is looked up in the jobcomp log, else
     reported as state UNKNOWN. Raises SlurmTimeout (an HpcError carrying `.states`) after timeout_s.
+    `on_poll(states)` is called after every poll (progress lines while jobs run).
     """
     pending = list(dict.fromkeys(str(j) for j in job_ids))
     states: dict[str, JobState] = {}
@@ -406,6 +408,8 @@ def wait(job_ids: Iterable[str], timeout_s: float, poll_s: float = 0.2,
         if queue is not None:
             answered = time.monotonic()
         pending = still
+        if on_poll is not None:
+            on_poll(states)
         if not pending:
             return states
         if time.monotonic() >= deadline:

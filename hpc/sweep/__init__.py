@@ -41,15 +41,19 @@ def run_sweep(scaling: str, workload: list[str], *, nps: list[int], out: str, co
     `options` are the other fields of `SweepOptions` (reps, launcher, nodes, point_timeout, run,
     mpirun_args, sbatch_lines, before, ...); with `run=RunSpec(...)` the workload words are ignored.
     """
+    from dataclasses import replace
     from pathlib import Path
 
     from rich.console import Console
 
-    from hpc.sweep.plan import SweepOptions, is_done, make_plan
+    from hpc.sweep.plan import SweepOptions, is_done, make_plan, workload_timeout
 
     opts = SweepOptions(scaling=scaling, nps=list(nps), out=Path(out), **options)
     runner = launcher(opts.launcher)
     plan = make_plan(opts, workload, validate)
+    own = workload_timeout(plan.workload) if plan.kind != "run" else None
+    if own is not None and own < opts.point_timeout:
+        opts = replace(opts, point_timeout=own)
     lock = _lock(plan.out)  # held until this function returns (the file object closes with it)
     con = console or Console(highlight=False, soft_wrap=True)
     todo = [pt for pt in plan.points if not is_done(plan, pt)]

@@ -225,10 +225,23 @@ def record(spec: RunSpec, context: dict[str, Any], figure: dict[str, Any], workl
     rec.update(figure)
     prov = records.provenance(None, list(argv))
     prov["mpi_library"] = launcher_version
-    if os.environ.get("SLURM_JOB_NODELIST"):
-        prov["slurm_nodelist"] = os.environ["SLURM_JOB_NODELIST"]
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if nodelist:  # the ranks ran on the job's nodes, not (only) on the batch host writing this record
+        prov["slurm_nodelist"] = nodelist
+        prov["hosts"] = _allocation_hosts(nodelist) or prov["hosts"]
+        prov["hosts_are"] = "the Slurm job's nodes, where its launcher placed the ranks"
     rec["provenance"] = prov
     return rec
+
+
+def _allocation_hosts(nodelist: str) -> list[str]:
+    """The node names of a Slurm node list ("c[1-2]"), [] when scontrol cannot expand it."""
+    from hpc.launch import slurm
+
+    try:
+        return sorted(set(slurm.hostnames(nodelist)))
+    except HpcError:
+        return []
 
 
 def write_point(final: Path, recs: list[dict[str, Any]]) -> None:

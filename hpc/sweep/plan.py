@@ -83,6 +83,22 @@ def check_workload(workload: Sequence[str]) -> str:
     return WORKLOADS[words[0]]
 
 
+def workload_timeout(workload: Sequence[str]) -> float | None:
+    """The workload's own `--timeout S`, if it has one. Inside a sweep point the workload runs on its
+    ranks directly (nothing re-launches it), so the sweep enforces it: the smaller of it and
+    --point-timeout bounds the point, locally and in the Slurm job."""
+    words = list(workload)
+    for i, w in enumerate(words):
+        value = words[i + 1] if w == "--timeout" and i + 1 < len(words) else \
+            w.split("=", 1)[1] if w.startswith("--timeout=") else None
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return None  # the workload's own parser says so, in its words
+    return None
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     """Everything a sweep needs besides its workload; the CLI builds it once from its flags."""

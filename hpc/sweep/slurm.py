@@ -9,8 +9,10 @@ the directory the sweep was started from, so relative paths in the workload mean
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from hpc import records
@@ -20,6 +22,7 @@ from hpc.sweep.plan import (Plan, Point, SweepOptions, attempt_file, finish_poin
                             point_file)
 
 DEFAULT_TIME = "00:30:00"
+TIMED_OUT = 124  # coreutils `timeout`'s exit status: the job's launch ran past the point's limit
 
 
 def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
@@ -27,8 +30,10 @@ def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
     final = point_file(plan, pt).resolve()
     logs = (plan.out / "logs").resolve()
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(point_env(plan, pt))
-    wrap = ""
+    env = {k: v for k, v in point_env(plan, pt).items() if k != "HPC_SCALING"}  # the template exports it
+    # the workload's ranks run directly inside the job: `timeout` holds them to the point's limit
+    # (a `run` workload's wrapper does the same itself, from its job spec)
+    wrap = f"timeout --kill-after=15 {math.ceil(opts.point_timeout)} "
     if plan.run is not None:
         spec = plan.out.resolve() / "slurm" / f"{pt.id}.json"
         _write_job_spec(spec, plan, pt, opts, final, logs / f"{pt.id}.log")
@@ -90,6 +95,30 @@ def job_name(plan: Plan, pt: Point) -> str:
     return f"hpc-{plan.sweep_id}-{pt.id}"
 
 
+def progress_lines(con, jobs: dict[str, Point], every_s: float | None = None):
+    """An `on_poll` for slurm.wait: every HPC_PROGRESS_S seconds (default 15) one line saying which
+    points run, how long the sweep has waited and how many jobs are done or still queued."""
+    from hpc import env
+
+    every = every_s if every_s is not None else float(env.get("HPC_PROGRESS_S") or 15)
+    start = last = time.monotonic()
+
+    def tick(states: dict[str, slurm.JobState]) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every:
+            return
+        last = now
+        seen = {j: states.get(j) for j in jobs}
+        running = [f"np={jobs[j].np} nodes={jobs[j].nodes} rep={jobs[j].rep} (job {j})"
+                   for j, st in seen.items() if st is not None and st.state == "RUNNING"]
+        done = sum(1 for st in seen.values() if st is not None and st.done)
+        con.print(f"  … {now - start:.0f} s: {done}/{len(jobs)} jobs done, {len(jobs) - done - len(running)} "
+                  f"queued; running: {', '.join(running) or 'none'}", soft_wrap=True)
+
+    return tick
+
+
 def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
     """Submit (or with --dry-run only write) one job per point; wait and collect. Returns failures."""
     from rich.markup import escape
@@ -125,7 +154,8 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
             jobs[previous] = pt
         con.print(f"submitted {len(jobs) - len(adopted)} job(s): "
                   f"{', '.join(j for j in jobs if j not in adopted)}")
-        states = slurm.wait(jobs, timeout_s=opts.point_timeout * max(1, len(jobs)) + 120)
+        states = slurm.wait(jobs, timeout_s=opts.point_timeout * max(1, len(jobs)) + 120,
+                            on_poll=progress_lines(con, jobs))
     except KeyboardInterrupt:
         slurm.cancel(jobs)
         raise
@@ -143,8 +173,11 @@ def run_points(plan: Plan, todo: list[Point], opts: SweepOptions, con) -> int:
         elif state is not None and state.ok and final.exists() and plan.run is None:
             status, error = "ok", None
         else:
-            why = slurm.error_line(state) if state is not None else f"Slurm job {job_id} lost"
-            bad = "timeout" if state is not None and state.state in ("TIMEOUT", "RUNNING", "PENDING") else "failed"
+            limit = state is not None and state.exit_code == TIMED_OUT
+            why = (f"Slurm job {job_id} did not finish within {opts.point_timeout:g} s (the point's limit)"
+                   if limit else slurm.error_line(state) if state is not None else f"Slurm job {job_id} lost")
+            late = limit or (state is not None and state.state in ("TIMEOUT", "RUNNING", "PENDING"))
+            bad = "timeout" if late else "failed"
             status, error = finish_point(plan, pt, tmp, bad, why)
         failed += status != "ok"
         colour = "green" if status == "ok" else "red"

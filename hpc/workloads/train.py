@@ -284,8 +284,10 @@ def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
     done: list[dict[str, Any]] = []
     for i, (name, rep) in enumerate(order):
         try:
-            rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True,
-                          extra={"order_seed": seed, "run_index": i, "rep_in_run": rep})
+            extra = {"order_seed": seed, "run_index": i, "rep_in_run": rep}
+            if env.get("HPC_REP") is None:  # not a sweep point: the repetition is this run's
+                extra["rep"] = rep
+            rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True, extra=extra)
         except HpcError as exc:  # say which scheme of the list failed (the records so far are kept)
             err = HpcError(f"--sync {name} (run {i + 1} of {len(order)}): {exc}")
             err.exit_code = exc.exit_code
@@ -307,15 +309,15 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     """One training run on every rank; returns the record on rank 0 (None elsewhere)."""
     from hpc.plugins import registry
     from hpc.workloads import sync
-    from hpc.comm import world
+    from hpc.comm import deadline, world
 
     comm = world()
     p, rank = comm.Get_size(), comm.Get_rank()
     pl = plan(tc, p)                  # bad input: the same HpcError on every rank, before any collective
-    sync.require(pl.scheme)             # missing/broken package: likewise
     coll = registry.load(pl.scheme.option, pl.servers) if pl.facts.collective else None
     torch = _import_torch()
     device = _device(torch, tc.device)
+    sync.require(pl.scheme, device.type)  # missing/broken package: likewise
     from hpc.workloads.sync.base import (TrainContext, TrainOptions, average_buffers, broadcast_state,
                                         flat_buffers, local_layout)
 
@@ -354,7 +356,8 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
             "sample_shape": list(cfg.sample_shape()), "model_args": dict(cfg.args),
             "nodes": len(prov["hosts"]), "provenance": prov, **(extra or {})}
     try:
-        trainer = sync.load(pl.scheme).make(ctx)
+        with deadline(tc.step_timeout, f"setting up --sync {tc.sync}"):  # rendezvous, process groups
+            trainer = sync.load(pl.scheme).make(ctx)
         log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data, tc.step_timeout)
         flat = trainer.params()
         averaged = average_buffers(comm, model, trainer.is_worker)  # untimed; see the module docstring

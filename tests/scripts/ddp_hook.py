@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from toy import Net, flat_state, global_batch
 
 import hpc.torch
-from hpc.workloads.sync.base import local_layout, torch_dist_env
+from hpc.workloads.sync.base import local_layout
+from hpc.workloads.sync.rendezvous import torch_dist_env
 
 STEPS, GLOBAL = 4, 16
 

@@ -95,11 +95,17 @@ def missing_message(scheme: Scheme) -> str:
     return f"{package.split('.')[0]} is not installed: {hint}"
 
 
-def require(scheme: Scheme) -> None:
-    """Import the scheme's package or raise the one-line HpcError; same outcome on every rank."""
+def require(scheme: Scheme, device_type: str = "cpu") -> None:
+    """Import the scheme's package or raise the one-line HpcError; same outcome on every rank.
+
+    A scheme module's `before_import(device_type)`, if it has one, runs first (DeepSpeed picks its
+    accelerator, and warns about it, at its first import)."""
     package, _ = REQUIRES[scheme.module]
     if not installed(scheme):
         raise HpcError(missing_message(scheme))
+    hook = getattr(load(scheme), "before_import", None)
+    if hook is not None:
+        hook(device_type)
     try:
         importlib.import_module(package)
     except Exception as exc:  # a broken build (e.g. horovod against another torch): say so, one line

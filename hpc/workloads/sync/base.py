@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -343,39 +342,6 @@ def local_layout(comm: "MPI.Comm") -> tuple[int, int]:
         return node.Get_rank(), node.Get_size()
     finally:
         node.Free()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
-
-
-def torch_dist_env(comm: "MPI.Comm", local_rank: int, local_size: int) -> dict[str, str]:
-    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT for torch.distributed, agreed over MPI.
-
-    Rank numbers come from MPI itself (the same values OMPI_COMM_WORLD_* or SLURM_PROCID hold);
-    rank 0 picks a free port and its address and broadcasts them, so concurrent jobs never collide.
-    """
-    rank, size = comm.Get_rank(), comm.Get_size()
-    hosts = comm.allgather(socket.gethostname())
-    if rank == 0:
-        if len(set(hosts)) == 1:
-            addr = "127.0.0.1"
-        else:
-            try:
-                addr = socket.gethostbyname(hosts[0])
-            except OSError:
-                addr = hosts[0]
-        info = (addr, free_port())
-    else:
-        info = None
-    addr, port = comm.bcast(info, root=0)
-    return {
-        "RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": str(local_rank),
-        "LOCAL_WORLD_SIZE": str(local_size), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
-    }
 
 
 def apply_env(env: dict[str, str]) -> None:

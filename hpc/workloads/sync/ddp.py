@@ -1,8 +1,8 @@
 """Baseline: torch DistributedDataParallel, set up from MPI (no torchrun needed): NCCL on GPUs, gloo on CPUs.
 
-RANK/WORLD_SIZE/LOCAL_RANK come from MPI, rank 0 picks a free MASTER_PORT and broadcasts it. DDP
-broadcasts rank 0's parameters at construction and overlaps its bucket allreduces with backward;
-exposed communication = time from the last gradient to the end of backward.
+RANK/WORLD_SIZE/LOCAL_RANK come from MPI, rank 0 picks a free MASTER_PORT and an address every rank
+reaches (hpc.workloads.sync.rendezvous). DDP broadcasts rank 0's parameters at construction and
+overlaps its bucket allreduces with backward; exposed communication = time from the last gradient to the end of backward.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from hpc.errors import HpcError
 from hpc.workloads.models import loss_fn
 from hpc.workloads.sync.base import (LastGradClock, SchemeFacts, StepResult, TrainContext, Trainer, apply_env,
-                           make_optimizer, torch_dist_env)
+                                    make_optimizer)
+from hpc.workloads.sync.rendezvous import torch_dist_env
 
 FACTS = SchemeFacts(cuda=True, gpu_exclusive=True)  # lock-step; NCCL on cuda (a GPU per rank), gloo on cpu
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def _quiet(device: str = "cpu") -> None:
+def before_import(device: str = "cpu") -> None:
     """DeepSpeed is chatty (ZeRO-3 alone prints ~100 FutureWarnings per run): keep errors only. Its
     accelerator follows the device (it is chosen once per process, at the first DeepSpeed import)."""
     for category in (FutureWarning, UserWarning, DeprecationWarning):
@@ -65,7 +65,7 @@ class DeepSpeedTrainer(Trainer):
 
     def __init__(self, ctx: TrainContext) -> None:
         super().__init__(ctx)
-        _quiet(ctx.device.type)
+        before_import(ctx.device.type)
         import deepspeed
         import torch
 
