@@ -65,7 +65,34 @@ def steps(out: Path, nps: str, reps: int, sync_np: int, quick: bool) -> list[tup
     return plan
 
 
+def _outputs(argv: list[str]) -> list[Path]:
+    """The files or sweep directory a step writes (what the closing lines may point to)."""
+    if argv[0] == "sweep":
+        return [Path(argv[argv.index("--out") + 1])]
+    for flag in ("-o", "--json"):
+        if flag in argv:
+            return [Path(argv[argv.index(flag) + 1])]
+    return []
+
+
+def _sweep_failures(out: Path) -> int:
+    """Points of a sweep directory whose record is not ok (what a resumed sweep would retry)."""
+    from hpc import records
+
+    try:
+        recs = records.load(out / "points")
+    except Exception:
+        return 0
+    return sum(1 for r in recs if r.get("status", "ok") != "ok")
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run every step; a step that fails is said, and what it would have written is never claimed.
+
+    A sweep whose points failed (a busy machine can time a point out) is resumed once, which retries
+    just those points; points still failing after that stay in the records and the report's failure
+    table, and the steps after it work on what was measured. The demo fails only when a step did not
+    run to the end at all."""
     from rich.console import Console
 
     con = Console(highlight=False, soft_wrap=True)
@@ -73,20 +100,37 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     failed: list[str] = []
+    partial: list[str] = []
     plan = steps(out, args.np, args.reps, args.sync_np, args.quick)
+    written: list[Path] = []
     for i, (what, argv) in enumerate(plan, 1):
         con.rule(f"[bold]{i}/{len(plan)} {what}")
         con.print(f"$ hpc {shlex.join(argv)}")
         if (Path(argv[-1]).suffix == ".jsonl" and Path(argv[-1]).exists()):
             con.print("  (already measured: kept)")
+            written += _outputs(argv)
             continue
         code = subprocess.run([sys.executable, "-m", "hpc", *argv]).returncode
+        if code != 0 and argv[0] == "sweep" and _sweep_failures(_outputs(argv)[0]):
+            con.print("  some points failed: running the same sweep again retries just those")
+            code = subprocess.run([sys.executable, "-m", "hpc", *argv]).returncode
+            if code != 0 and _sweep_failures(_outputs(argv)[0]):
+                partial.append(f"{what} ({_sweep_failures(_outputs(argv)[0])} point(s) failed; see the report)")
+                code = 0
         if code != 0:
             failed.append(what)
+        else:
+            written += _outputs(argv)
     con.rule("[bold]done")
     con.print(f"{len(plan) - len(failed)}/{len(plan)} steps ok in {time.monotonic() - start:.0f} s")
+    for what in partial:
+        con.print(f"[yellow]partial[/]: {what}")
     for what in failed:
         con.print(f"[red]failed[/]: {what}")
-    con.print(f"report: {out / 'REPORT.md'}\nplots:  {', '.join(str(p) for p in sorted(out.glob('*.png')))}\n"
-              f"records: {out}/*/points/*.jsonl and {out}/sync/*.jsonl")
+    report = out / "REPORT.md"
+    plots = [p for p in written if p.suffix == ".png" and p.exists()]
+    plots += sorted(p for p in out.glob("report-*.png") if report in written)
+    con.print(f"report:  {report if report in written and report.exists() else 'not written (its step failed)'}")
+    con.print(f"plots:   {', '.join(map(str, plots)) or 'none written'}")
+    con.print(f"records: {out}/*/points/*.jsonl and {out}/sync/*.jsonl")
     return 1 if failed else 0

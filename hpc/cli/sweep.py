@@ -18,12 +18,30 @@ from hpc.sweep import LAUNCHERS
 from hpc.sweep.command import RunSpec
 
 
+WORKLOAD_HELP = """\
+WORKLOAD (everything after the sweep's own options) is one of:
+  bench collective --algo A[,B...] --sizes 8B:4MB [--batches K] ...   (hpc bench collective --help)
+  train --sync S[,S...] --model M [--batch B] [--steps K] ...        (hpc train --help)
+  run [--metric REGEX] [--higher-better] [--unit U] [--name N] -- COMMAND ARGS...
+        any program on N ranks; its figure is the first group of REGEX in its last matching output
+        line (else the wall time); it can read HPC_SCALING (strong|weak) to size its problem.
+The workload never takes --np or --json (the sweep sets them per point); its --timeout, if given,
+bounds each point as --point-timeout does. Examples:
+  hpc sweep strong --np 1,2,4 --reps 3 --out runs/s1 bench collective --algo ring,mpi --sizes 1MB:4MB
+  hpc sweep weak --np 1,2,4 --out runs/w1 train --sync ring,ddp --model mlp --batch 64
+  hpc sweep strong --np 1,2,4,8 --out runs/pi run --metric 'time: (\\S+) s' -- ./pi 100000000
+  hpc sweep strong --np 4,8 --nodes 1,2 --launcher slurm --partition debug --out runs/c1 train --sync ring
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="strong/weak scaling sweep of a workload over rank counts",
+                       usage="hpc sweep {strong,weak} --np N,N,... --out DIR [options] WORKLOAD ...",
                        description="Run WORKLOAD (an hpc command line without --np, e.g. `bench "
                        "collective --algo ring,mpi --sizes 1MB:4MB` or `train --sync ring --model mlp`, "
                        "or any program: `run [--metric REGEX] [--higher-better] [--unit UNIT] -- COMMAND "
-                       "ARGS...`) at every rank count, locally with mpirun or through Slurm.")
+                       "ARGS...`) at every rank count, locally with mpirun or through Slurm.",
+                       epilog=WORKLOAD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scaling", choices=("strong", "weak"),
                    help="strong: fixed global problem split over N ranks; weak: fixed problem per rank")
     p.add_argument("--np", required=True, metavar="N,N,...", help="rank counts, increasing (e.g. 1,2,4)")
