@@ -11,3 +11,16 @@ def test_sweep_help_explains_the_workload_part():
     text = proc.stdout
     assert "WORKLOAD" in text and "bench collective --algo" in text and "train --sync" in text
     assert "run [--metric REGEX]" in text and "never takes --np or --json" in text
+
+
+def test_batch_sizing_is_not_fooled_by_one_slow_call():
+    """A descheduled first call once sized a batch at 2 iterations where its neighbours got 194."""
+    import time
+
+    from mpi4py import MPI
+
+    from hpc.workloads.bench import _iters_for
+
+    delays = iter([0.04] + [0.0005] * 10_000)
+    iters = _iters_for(MPI.COMM_SELF, lambda: time.sleep(next(delays)), target=0.05)
+    assert iters >= 40, iters

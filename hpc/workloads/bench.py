@@ -337,14 +337,27 @@ def _pattern(count: int, dtype: np.dtype, rank: int, p: int, op: str) -> tuple[n
 
 
 def _iters_for(comm: "MPI.Comm", call: Any, target: float) -> int:
-    """Iterations so one batch lasts about `target` seconds; the same on every rank."""
+    """Iterations so one batch lasts about `target` seconds; the same on every rank.
+
+    Calibrated on at least three groups of calls (1, 2, 4... calls while a group is short), from the
+    median time per call: one call alone is too easily descheduled on a busy machine (a single slow
+    call once sized a 1 MiB batch at 2 iterations where its neighbours got 194)."""
     from mpi4py import MPI
 
-    comm.Barrier()
-    t0 = time.perf_counter()
-    call()
-    dt = comm.allreduce(time.perf_counter() - t0, MPI.MAX)
-    return int(min(1000, max(1, round(target / max(dt, 1e-7)))))
+    n, spent, per_call = 1, 0.0, []
+    while True:
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        dt = comm.allreduce(time.perf_counter() - t0, MPI.MAX)  # the same decisions on every rank
+        per_call.append(dt / n)
+        spent += dt
+        if (len(per_call) >= 3 and spent >= target / 2) or n >= 1000 or len(per_call) >= 20:
+            break
+        if dt < target / 4:
+            n *= 2
+    return int(min(1000, max(1, round(target / max(statistics.median(per_call), 1e-7)))))
 
 
 def table(rows: list[dict[str, Any]], p: int):
