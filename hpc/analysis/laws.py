@@ -159,7 +159,8 @@ def fit_core(n, t, law: str) -> CoreFit:
         t1_se = float(math.sqrt(max(cov[0, 0], 0.0)))
         q = float(stdtrit(dof, 0.975))
         ci = (max(0.0, p - q * p_se), min(1.0, p + q * p_se))
-        t1ci = (math.exp(logt1 - q * t1_se), math.exp(logt1 + q * t1_se))
+        if math.isfinite(t1_se) and q * t1_se < 700:  # a degenerate covariance gives no interval
+            t1ci = (math.exp(logt1 - q * t1_se), math.exp(logt1 + q * t1_se))
     return CoreFit(law, p, p_unc, math.exp(logt1), p_se, ci, t1ci, rss, nobs, dof)
 
 
