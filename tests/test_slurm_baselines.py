@@ -67,3 +67,18 @@ def test_a_local_point_is_held_to_the_workloads_timeout(tmp_path):
     (rec,) = records.load(out / "points")
     assert rec["status"] == "timeout" and "6 s" in rec["error"], rec["error"]
     assert time.monotonic() - start < 90
+
+
+def test_a_run_point_on_two_nodes_records_the_jobs_nodes(slurm_cluster, tmp_path):
+    """A `run` record is written on the batch host; it must still name every node its ranks ran on."""
+    import sys
+
+    out = tmp_path / "r"
+    proc = hpc("sweep", "strong", "--np", "2", "--nodes", "2", "--launcher", "slurm", "--out", str(out),
+               "run", "--", sys.executable, "-c", "print('hello')", env=slurm_cluster.env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (rec,) = records.load(out / "points")
+    hosts = rec["provenance"]["hosts"]
+    assert len(hosts) == 2, rec["provenance"]
+    if slurm_cluster.own_hostnames:
+        assert set(hosts) <= set(slurm_cluster.nodes)
