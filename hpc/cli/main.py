@@ -16,11 +16,11 @@ import traceback
 from typing import Sequence
 
 from hpc import __version__, env
-from hpc.cli import bench, collectives, compare, data, demo, fit, plot, report, sweep, train
+from hpc.cli import bench, collectives, compare, data, demo, fit, plot, predict, report, sweep, train
 from hpc.errors import HpcError
 
 # Top-level verbs, in the order `hpc --help` lists them; each module has register(sub).
-VERBS = (demo, collectives, bench, train, data, sweep, fit, compare, plot, report)
+VERBS = (demo, collectives, bench, train, data, sweep, fit, predict, compare, plot, report)
 
 
 class _Parser(argparse.ArgumentParser):
