@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from hpc.analysis import compare
+from hpc.analysis import compare, ranking
 from tests.helpers import hpc, one_error_line
 from tests.test_fit import coll_records, train_records, write_records
 
@@ -126,14 +126,14 @@ def test_schemes_measured_in_the_same_launches_are_compared_pairwise():
         a["point_id"] = b["point_id"] = f"np0002-nodes001-rep{i:02d}"
         a["busbw_GBps"] *= swing
         b["busbw_GBps"] = a["busbw_GBps"] * (0.2 + 0.01 * i)
-    ranked = compare.rank_schemes(mpi + mine)
+    ranked = ranking.rank_schemes(mpi + mine)
     slow = ranked[0]["ranking"][1]
     assert slow["name"] == "mine" and slow["verdict"] == "slower", ranked
     rows, _ = compare.compare_baseline(mpi + mine, "mpi")
     assert rows[0]["verdict"] == "worse" and rows[0]["paired"], rows
     for r in mine:  # not measured together: no pairing, the swing keeps it undecided
         r["point_id"] = "elsewhere-" + r["point_id"]
-    assert compare.rank_schemes(mpi + mine)[0]["ranking"][1]["verdict"] == "same as fastest"
+    assert ranking.rank_schemes(mpi + mine)[0]["ranking"][1]["verdict"] == "same as fastest"
 
 
 # ---------------------------------------------------------------- compare: CLI
@@ -366,6 +366,6 @@ def test_one_training_run_per_scheme_is_one_repetition():
 
     recs = (train_records("ring", 0.9, "strong", nps=(2,), reps=1, seed=1, t1=0.20)
             + train_records("ddp", 0.9, "strong", nps=(2,), reps=1, seed=2, t1=0.30))
-    (pt,) = compare.rank_schemes(recs)
+    (pt,) = ranking.rank_schemes(recs)
     assert [r["n"] for r in pt["ranking"]] == [1, 1]
     assert {r["verdict"] for r in pt["ranking"]} == {"too few reps"}

@@ -1,16 +1,20 @@
-"""Verdicts on measurements: two record sets side by side (a regression gate), every scheme
-against a baseline, and a ranked "which scheme is fastest" per point.
+"""Verdicts on measurements: two record sets side by side (a regression gate) and every scheme
+against a baseline (the ranked "which is fastest" per point is hpc.analysis.ranking).
 
 A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, scaling). Its samples
 are the repetitions (one value per record); a point with a single record uses that record's timed
-batches (`times_s`) but counts as one repetition. The verdict comes from a 95% confidence interval
-of the ratio B/A (Welch t-interval on log values, so ×2 and ×0.5 are equally far from 1) against
-the noise band: "worse"/"better" only when the whole interval lies beyond the band, "same"
-otherwise, "too few reps" below MIN_REPS on either side. Two schemes measured together (the same
-sweep launches, or the interleaved batches of one `hpc bench` run) are compared pair by pair
+batches (`times_s`) but counts as one repetition. The verdict comes from a robust 95% interval of
+the ratio B/A (hpc.analysis.stats: trimmed mean of log values, so one outlier does not swing it and
+×2 and ×0.5 are equally far from 1) against the noise band: "worse"/"better" only when the whole
+interval lies beyond the band, "same" otherwise, "too few reps" below MIN_REPS on either side. Each
+row says the smallest change it could have detected (`detectable_pct`), so "same" reads "same within
+±X%", and how many repetitions would decide it (`needs_reps`). Two schemes measured together (the
+same sweep launches, or the interleaved batches of one `hpc bench` run) are compared pair by pair
 (`paired_samples`), so the machine's swing between launches cancels instead of hiding a steady gap.
 The p-value is that of the same question (is the change larger than the band?), so it agrees with
-the verdict: p < 0.05 exactly when the verdict is better or worse.
+the verdict: p < 0.05 exactly when the verdict is better or worse. Records of a run that added
+repetitions until the answer was clear (`--batches auto`, `--reps auto`) and still ran out of budget
+are "inconclusive", never "same".
 
 Between runs the whole machine drifts (see NOISE_BAND_PCT); an in-run reference (native `mpi`
 measured in both runs) cancels most of it, and the machine probe recorded in each run's provenance
@@ -22,7 +26,16 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from hpc.analysis import stats
+from hpc.analysis.stats import ALPHA, MIN_REPS, NOISE_BAND_PCT
+from hpc.analysis.verdict_tables import (baseline_summary, comparison_table, csv_table, verdict_notes,
+                                         verdict_text)
 from hpc.errors import HpcError
+
+__all__ = ["METRICS", "NOISE_BAND_PCT", "ALPHA", "MIN_REPS", "compare_samples", "compare_records",
+           "compare_baseline", "comparison_table", "csv_table", "baseline_summary", "choose_metric",
+           "samples", "paired_samples", "point_key", "probe_drift", "log_interval", "verdict_notes",
+           "verdict_text"]
 
 METRICS = {  # name -> (record field, higher is better, unit)
     "time": ("time_s", False, "s"),
@@ -30,14 +43,6 @@ METRICS = {  # name -> (record field, higher is better, unit)
     "throughput": ("samples_per_s", True, "samples/s"),
     "figure": ("value", True, ""),  # `hpc sweep ... run --higher-better`: the program's own throughput
 }
-ALPHA = 0.05
-MIN_REPS = 3
-# Smallest change a verdict may call real. On this kind of 2-core shared machine the same command
-# run twice, back to back, gave ring/mpi ratios 0.83-1.30x apart (raw medians 0.99-4.4x), so a
-# 3% band called A/A points "worse"; with 10% and the whole-CI rule the synthetic A/A test
-# (tests/test_analysis.py) stays "same" on >= 95% of points at noise sigma 0.05-0.5, and so does
-# the real A/A sweep (tests/test_aa.py).
-NOISE_BAND_PCT = 10.0
 
 
 def point_key(rec: dict[str, Any], with_name: bool = True) -> tuple:
@@ -131,81 +136,90 @@ def probe_drift(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]]) -> flo
 
 
 def log_interval(values: list[float]) -> tuple[float, float, float]:
-    """(geometric mean, lo, hi): a 95% t-interval of the typical value, from log values."""
+    """(typical value, lo, hi): the 20%-trimmed geometric mean with its 95% interval (Student's t on
+    log values below 5 values; from 5 on an outlier per side is set aside, hpc.analysis.stats)."""
     import numpy as np
-    from scipy import stats
 
-    v = np.log(np.asarray(values, dtype=float))
-    m = float(v.mean())
-    if v.size < 2:
-        return math.exp(m), math.nan, math.nan
-    half = float(stats.t.ppf(1 - ALPHA / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return math.exp(m), math.exp(m - half), math.exp(m + half)
+    centre, se, df, _ = stats.one_sample(np.log(np.asarray(values, dtype=float)))
+    if len(values) < 2 or not math.isfinite(se):
+        return math.exp(centre), math.nan, math.nan
+    half = stats.t_quantile(df) * se
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
 
 
 def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
                     threshold_pct: float = NOISE_BAND_PCT, drift: float = 1.0,
                     paired: bool = False) -> dict[str, Any]:
-    """Ratio B/A with its 95% CI, the p-value of "the change exceeds the band", and the verdict.
+    """Ratio B/A with its robust 95% CI, the p-value of "the change exceeds the band", the verdict,
+    the smallest change it could have detected and the repetitions that would decide it.
 
     `drift` is how much the machine itself moved between the runs (B/A of a probe or reference):
     a change within it is "inconclusive" rather than better/worse. `paired`: a[i] and b[i] were
     measured together (the same launch, or adjacent interleaved batches), so the interval is that
-    of the mean per-pair log ratio: drift shared by a pair cancels instead of widening the CI.
+    of the per-pair log ratios: drift shared by a pair cancels instead of widening the CI, and a pair
+    that stands apart (an outlier batch) is named and set aside rather than deciding the verdict.
     """
     import numpy as np
-    from scipy import stats
 
     la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
     if not (la.size and lb.size and np.all(np.isfinite(la)) and np.all(np.isfinite(lb))):
         raise HpcError("values to compare must be positive numbers")
     a_med, b_med = float(np.median(np.exp(la))), float(np.median(np.exp(lb)))
-    d = float(lb.mean() - la.mean())  # the CI and p-value are about the mean log ratio
     band_log = math.log1p(threshold_pct / 100.0)
-    ratio = b_med / a_med  # shown: the ratio of medians (agrees with the medians next to it)
+    est = stats.estimate(a, b, paired and la.size == lb.size)
+    # shown: paired, the robust per-pair ratio the interval is about; else the ratio of medians
+    # (it agrees with the medians next to it)
+    ratio = math.exp(est.d) if est.paired else b_med / a_med
     row = {"a_median": a_med, "b_median": b_med, "a_n": int(la.size), "b_n": int(lb.size),
            "ratio": ratio, "change_pct": 100.0 * (ratio - 1.0), "band_pct": threshold_pct,
-           "ci95": None, "p_value": None, "drift": drift}
+           "ci95": None, "p_value": None, "drift": drift, "detectable_pct": None, "needs_reps": None,
+           "decided": False, "outliers": _outliers(est, a, b)}
     row["worse_pct"] = -row["change_pct"] if higher_is_better else row["change_pct"]
+    if est.paired:
+        row["paired"] = True
     if la.size < MIN_REPS or lb.size < MIN_REPS:
         row["verdict"] = "too few reps"
         return row
-    if paired and la.size == lb.size:
-        dd = lb - la
-        se, df = float(dd.std(ddof=1)) / math.sqrt(dd.size), float(dd.size - 1)
-        row["paired"] = True
-    else:
-        va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
-        se = math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1)) if se > 0 else 1.0
-    tq = float(stats.t.ppf(1 - ALPHA / 2, df))
-    row["ci95"] = [math.exp(d - tq * se), math.exp(d + tq * se)]
-    row["_fit"] = (d, se, df, higher_is_better)  # kept to judge again against a wider band
+    row["ci95"] = list(est.interval())
+    row["_fit"] = (est, higher_is_better)  # kept to judge again against a wider band
     judge(row, band_log, drift)
     return row
 
 
-def _p_beyond(d: float, se: float, df: float, band: float) -> float:
-    """Two-sided p-value of "|mean log ratio| > band" (so it agrees with the 95% CI)."""
-    from scipy import stats
-
-    excess = abs(d) - band
-    if se == 0:
-        return 0.0 if excess > 0 else 1.0
-    return float(min(1.0, 2.0 * stats.t.sf(excess / se, df)))
+def _outliers(est: "stats.Estimate", a: list[float], b: list[float]) -> list[dict[str, Any]]:
+    """The values the estimate named as outliers: paired, batch/rep i+1 and its ratio B/A; else the
+    side, the repetition and its value. `set_aside`: the trimmed mean left it out."""
+    aside = est.trimmed > 0
+    if est.paired:
+        return [{"index": i + 1, "ratio": b[i] / a[i], "set_aside": aside} for i in est.outliers]
+    return ([{"side": "A", "index": i + 1, "value": a[i], "set_aside": aside} for i in est.outliers_a]
+            + [{"side": "B", "index": i + 1, "value": b[i], "set_aside": aside} for i in est.outliers])
 
 
 def judge(row: dict[str, Any], band_log: float, drift: float = 1.0) -> None:
-    """Set the row's p-value and verdict against a noise band of ±band_log (log space)."""
-    d, se, df, higher_is_better = row["_fit"]
+    """Set the row's p-value, verdict, detectable change and repetitions needed against a noise band
+    of ±band_log (log space)."""
+    est, higher_is_better = row["_fit"]
     row["band_pct"] = 100.0 * math.expm1(band_log)
-    row["p_value"] = _p_beyond(d, se, df, band_log)
+    row["p_value"] = stats.p_beyond(est.d, est.se, est.df, band_log)
+    row["detectable_pct"] = 100.0 * math.expm1(stats.detectable(est, band_log))
+    row["decided"] = stats.decided(est, band_log)
+    need = stats.reps_needed(est, band_log)
+    row["needs_reps"] = None if need is None else max(0, need - min(est.n_a, est.n_b))
     if row["p_value"] >= ALPHA:
         row["verdict"] = "same"
-    elif _p_beyond(d, se, df, band_log + abs(math.log(drift))) >= ALPHA:
+    elif stats.p_beyond(est.d, est.se, est.df, band_log + abs(math.log(drift))) >= ALPHA:
         row["verdict"] = "inconclusive"
     else:
-        row["verdict"] = "worse" if (d > 0) != higher_is_better else "better"
+        row["verdict"] = "worse" if (est.d > 0) != higher_is_better else "better"
+
+
+def auto_undecided(row: dict[str, Any], recs: Iterable[dict[str, Any]]) -> None:
+    """A run that added repetitions until the answer was clear (`--batches auto`, `--reps auto`) and
+    ran out of budget is "inconclusive" where its interval still decides nothing, not "same"."""
+    if row.get("verdict") == "same" and not row.get("decided") and any(r.get("auto") for r in recs):
+        row["verdict"] = "inconclusive"
+        row["inconclusive_why"] = "budget"
 
 
 def _widen_by_scatter(rows: list[dict[str, Any]], band_log: float) -> float | None:
@@ -219,7 +233,7 @@ def _widen_by_scatter(rows: list[dict[str, Any]], band_log: float) -> float | No
     judged = [r for r in rows if r.get("_fit") and r.get("relative_to")]
     if len(judged) < 2:
         return None
-    d = np.array([r["_fit"][0] for r in judged])
+    d = np.array([r["_fit"][0].d for r in judged])
     scatter = 2.0 * 1.4826 * float(np.median(np.abs(d - np.median(d))))
     if scatter <= band_log:
         return None
@@ -279,7 +293,8 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
     reps_b = len(sb) if batches_are_reps or len(rb) > 1 else 1
     res = compare_samples(sa, sb, higher, threshold, drift, paired=pairs is not None)
     if min(reps_a, reps_b) < MIN_REPS:
-        res.update(verdict="too few reps", ci95=None, p_value=None)
+        res.update(verdict="too few reps", ci95=None, p_value=None, detectable_pct=None, decided=False,
+                   needs_reps=MIN_REPS - min(reps_a, reps_b))
         res.pop("_fit", None)
     if ref is not None:  # report medians in the metric's own unit, the ratio relative to the reference
         res["a_median"] = float(np.median(samples(ra, m)))
@@ -336,15 +351,52 @@ def compare_records(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]], me
                          f"±{100 * math.expm1(wide):.0f}% (twice the robust spread)")
     for r in rows:
         r.pop("_fit", None)
-    if abs(math.log(drift)) > math.log1p(threshold_pct / 100):
-        pace = f"×{drift:.2f} slower" if drift > 1 else f"×{1 / drift:.2f} faster"
-        notes.append(f"the machine itself ran {pace} in B than in A (its probe): changes that drift could "
-                     "explain are 'inconclusive'")
+    note = drift_note(drift, reference_drift(rows, ref), ref, threshold_pct, relative > 0)
+    if note:
+        notes.append(note)
     for side, only in (("A", set(ia) - set(ib)), ("B", set(ib) - set(ia))):
         if only:
             shown = ", ".join(_label(k) for k in sorted(only, key=sort_key)[:5])
             notes.append(f"only in {side}: {len(only)} point(s) ({shown}{', …' if len(only) > 5 else ''})")
     return rows, notes
+
+
+def reference_drift(rows: list[dict[str, Any]], ref: str | None) -> float | None:
+    """How much slower B ran than A by the in-run reference itself: the median over its points of
+    its time ratio B/A (a bandwidth or throughput ratio inverted). None without a reference."""
+    import numpy as np
+
+    mine = [r for r in rows if ref is not None and r["name"] == ref and r["a_median"] > 0 and r["b_median"] > 0]
+    if not mine:
+        return None
+    slow = [(r["a_median"] / r["b_median"]) if r["higher_is_better"] else (r["b_median"] / r["a_median"])
+            for r in mine]
+    return float(np.median(slow))
+
+
+def _pace(x: float) -> str:
+    return f"×{x:.2f} slower" if x >= 1 else f"×{1 / x:.2f} faster"
+
+
+def drift_note(probe: float, reference: float | None, ref: str | None, threshold_pct: float,
+               cancelled: bool) -> str | None:
+    """One line on how the machine moved between the runs, from the best evidence: the in-run
+    reference when both runs measured it (its own slowdown), else the machine probe. The probe is a
+    5 ms check when each run starts: a snapshot that once read ×1.61 faster while the reference ran
+    1.65–1.83× slower, so it never overrules the reference, and disagreeing it is said to."""
+    band = math.log1p(threshold_pct / 100)
+    if reference is not None and abs(math.log(reference)) > band:
+        tail = ("compared relative to it, so this drift cancels" if cancelled else
+                "changes that drift could explain are 'inconclusive'")
+        note = f"the machine drifted: {ref} itself ran {_pace(reference)} in B than in A ({tail})"
+        if abs(math.log(probe)) > band and (probe > 1) != (reference > 1):
+            note += (f"; the machine probe (a 5 ms check as each run started) read {_pace(probe)}, "
+                     "a snapshot that the reference overrules")
+        return note
+    if reference is None and abs(math.log(probe)) > band:
+        return (f"the machine probe (a 5 ms check as each run started) ran {_pace(probe)} in B than "
+                "in A: changes that drift could explain are 'inconclusive'")
+    return None
 
 
 def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: str = "auto",
@@ -365,6 +417,7 @@ def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: s
             notes.append(f"{_label(key)}: no {baseline} measurement at this point")
             continue
         row = _row(key, idx[bkey], idx[key], metric, threshold_pct, batches_are_reps=True)
+        auto_undecided(row, idx[bkey] + idx[key])
         row["baseline"] = baseline
         rows.append(row)
     if not rows:
@@ -374,176 +427,3 @@ def compare_baseline(records: Iterable[dict[str, Any]], baseline: str, metric: s
     return rows, notes
 
 
-def _fmt_value(v: float, unit: str) -> str:
-    from hpc.table import fmt_num, fmt_time
-
-    return fmt_time(v) if unit == "s" else f"{fmt_num(v)} {unit}"
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "—" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
-                     b_name: str = "B", notes: Iterable[str] = (), wide: bool = False):
-    """One row per point: ratio with its 95% CI, p-value, verdict (`wide`: medians, band, reps too)."""
-    from hpc.table import Table
-
-    cols = ["point", "algo", f"{b_name}/{a_name}", "95% CI", "p", "verdict"]
-    if wide:
-        cols[2:2] = ["metric", f"{a_name} median", f"{b_name} median"]
-        cols[-2:-2] = ["change", "band", "reps"]
-    tab = Table(title, cols)
-    for r in rows:
-        cells = [r["point"], r["name"], f"{r['ratio']:.3f}×", _ci(r["ci95"]),
-                 "—" if r["p_value"] is None else f"{r['p_value']:.2g}", r["verdict"]]
-        if wide:
-            direction = "higher better" if r["higher_is_better"] else "lower better"
-            cells[2:2] = [f"{r['metric']} ({direction})", _fmt_value(r["a_median"], r["unit"]),
-                          _fmt_value(r["b_median"], r["unit"])]
-            cells[-2:-2] = [f"{r['change_pct']:+.1f}%", f"±{r['band_pct']:.0f}%", f"{r['a_n']}/{r['b_n']}"]
-        tab.add(*cells)
-    metrics = sorted({f"{r['metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better)"
-                      for r in rows})
-    tab.notes += list(notes)
-    bands = sorted({round(r["band_pct"]) for r in rows}) or [NOISE_BAND_PCT]
-    shown = "/".join(f"±{b:g}%" for b in bands)
-    tab.notes.append(f"ratio of {', '.join(metrics)}; worse/better only when the whole 95% CI lies "
-                     f"beyond the noise band ({shown}; per point with --wide) (p < 0.05 means the same); "
-                     f"fewer than {MIN_REPS} repetitions: 'too few reps'")
-    return tab
-
-
-def csv_table(rows: list[dict[str, Any]]):
-    """The comparison as plain numbers for spreadsheets: one column per quantity, units in headers."""
-    from hpc.table import Table
-
-    unit = rows[0]["unit"] if rows and len({r["unit"] for r in rows}) == 1 else "metric units"
-    tab = Table("", ["point", "algo", "metric", f"a_median ({unit})", f"b_median ({unit})", "ratio_b_over_a",
-                     "ci95_low", "ci95_high", "change (%)", "noise_band (%)", "p_value", "a_reps",
-                     "b_reps", "relative_to", "verdict"])
-    for r in rows:
-        ci = r["ci95"] or [None, None]
-        tab.rows.append([str(x) if x is not None else "" for x in (
-            r["point"], r["name"], r["metric"], r["a_median"], r["b_median"], r["ratio"], ci[0], ci[1],
-            r["change_pct"], r["band_pct"], r["p_value"], r["a_n"], r["b_n"], r.get("relative_to"),
-            r["verdict"])])
-    return tab
-
-
-def rank_schemes(records: Iterable[dict[str, Any]], metric: str = "auto",
-                 threshold_pct: float = NOISE_BAND_PCT) -> list[dict[str, Any]]:
-    """Per point measured by several algorithms/schemes: them ranked fastest first, each with its
-    typical value (95% CI) and its ratio to the fastest with a verdict ("same" = not distinguishable).
-
-        >>> rank_schemes(load_records("runs/sync"))[0]["ranking"][0]["name"]    # the winner
-    """
-    import numpy as np
-
-    from hpc.analysis.groups import sort_key
-
-    idx = _index(records)
-    points: dict[tuple, dict[str, list[dict]]] = {}
-    for key, recs in idx.items():
-        points.setdefault(key[1:], {})[key[0]] = recs
-    out = []
-    for pkey in sorted(points, key=sort_key):
-        by = points[pkey]
-        if len(by) < 2:
-            continue
-        m = choose_metric([r for rs in by.values() for r in rs], metric)
-        field, higher, unit = METRICS[m]
-        unit = unit or str(next(iter(by.values()))[0].get("unit") or "")
-        stats_by = {}
-        for name, recs in by.items():  # one bench record: its interleaved batches; else one per run
-            one_bench = len(recs) == 1 and recs[0].get("kind") == "collective"
-            vals = samples(recs, m) if one_bench else [float(r[field]) for r in recs]
-            gm, lo, hi = log_interval(vals)
-            stats_by[name] = (vals, gm, lo, hi)
-        order = sorted(stats_by, key=lambda n: -stats_by[n][1] if higher else stats_by[n][1])
-        best = order[0]
-        ranking, undecided = [], 0
-        for pos, name in enumerate(order, 1):
-            vals, gm, lo, hi = stats_by[name]
-            cmp = None
-            if name != best:  # measured together with the best (same launches): a paired interval
-                pairs = paired_samples(by[best], by[name], m)
-                a, b = pairs or (stats_by[best][0], vals)
-                cmp = compare_samples(a, b, higher, threshold_pct, paired=pairs is not None)
-                if len(by[best]) == 1 and len(by[name]) == 1 and pairs is None:
-                    cmp.update(verdict="too few reps", ci95=None)  # batches of unrelated runs
-                if cmp["verdict"] == "too few reps":
-                    undecided += 1
-            speed = (gm / stats_by[best][1]) if higher else (stats_by[best][1] / gm)
-            ranking.append({"rank": pos, "name": name, "value": gm, "ci95": [lo, hi], "unit": unit,
-                            "n": len(vals), "min": float(np.min(vals)), "max": float(np.max(vals)),
-                            "speed_vs_best": speed, "vs_best_ci95": cmp["ci95"] if cmp else None,
-                            "verdict": "fastest" if cmp is None else
-                            {"worse": "slower", "better": "faster", "same": "same as fastest"}
-                            .get(cmp["verdict"], cmp["verdict"])})
-        if undecided == len(ranking) - 1:  # no comparison could be made: nothing is "fastest" yet
-            ranking[0]["verdict"] = "too few reps"
-        kind, np_, variant, extra, scaling = pkey
-        out.append({"point": _point((None, *pkey)), "kind": kind, "np": np_, "variant": variant,
-                    "metric": m, "unit": unit, "higher_is_better": higher, "ranking": ranking})
-    return out
-
-
-def ranking_tables(ranked: list[dict[str, Any]]) -> list:
-    """One "which scheme is fastest" table per point."""
-    from hpc.table import Table, fmt_num, fmt_time
-
-    tabs = []
-    for pt in ranked:
-        unit = pt["unit"]
-        fmt = (lambda v: fmt_time(v)) if unit == "s" else (lambda v: f"{fmt_num(v)}")
-        head = f"{pt['metric']} ({unit})" if unit != "s" else "time"
-        tab = Table(f"Which is fastest — {pt['point']} ({pt['metric']}, "
-                    f"{'higher' if pt['higher_is_better'] else 'lower'} is better)",
-                    ["#", "scheme", head, "95% CI", "reps", "speed vs best", "verdict"])
-        for r in pt["ranking"]:
-            ci = r["ci95"]
-            tab.add(r["rank"], r["name"], fmt(r["value"]),
-                    "—" if not ci or ci[0] != ci[0] else f"{fmt(ci[0])} – {fmt(ci[1])}", r["n"],
-                    f"{r['speed_vs_best']:.2f}×", r["verdict"])
-        tab.notes.append("value: geometric mean of the repetitions; 'same as fastest' when the 95% CI "
-                         "of the ratio does not lie entirely beyond the noise band (ratios taken pair by "
-                         "pair when both were measured in the same launches)")
-        tabs.append(tab)
-    return tabs
-
-
-def ranking_csv(ranked: list[dict[str, Any]]):
-    """Every point's ranking as one table of plain numbers (units in the headers) for spreadsheets."""
-    from hpc.table import Table
-
-    tab = Table("", ["point", "kind", "np", "variant", "metric", "unit", "higher_is_better", "rank", "scheme",
-                     "value", "ci95_low", "ci95_high", "reps", "min", "max", "speed_vs_best",
-                     "vs_best_ci95_low", "vs_best_ci95_high", "verdict"])
-    for pt in ranked:
-        for r in pt["ranking"]:
-            ci, vs = r["ci95"] or [None, None], r["vs_best_ci95"] or [None, None]
-            tab.rows.append(["" if x is None or x != x else str(x) for x in (
-                pt["point"], pt["kind"], pt["np"], pt["variant"], pt["metric"], pt["unit"],
-                pt["higher_is_better"], r["rank"], r["name"], r["value"], ci[0], ci[1], r["n"], r["min"],
-                r["max"], r["speed_vs_best"], vs[0], vs[1], r["verdict"])])
-    return tab
-
-
-def baseline_summary(rows: list[dict[str, Any]]):
-    """Per algorithm: geometric-mean ratio to the baseline (metric-direction aware) and tallies."""
-    from hpc.table import Table
-
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault(r["name"], []).append(r)
-    base = rows[0].get("baseline", "baseline")
-    tab = Table(f"Summary against {base} (speed ratio > 1 means faster than {base})",
-                ["algorithm", "points", "geomean speed ratio", "min", "max", "better", "same", "worse"])
-    for name, rs in sorted(by.items()):
-        speed = [r["ratio"] if r["higher_is_better"] else 1.0 / r["ratio"] for r in rs]
-        gm = math.exp(sum(math.log(s) for s in speed) / len(speed))
-        tab.add(name, len(rs), f"{gm:.3f}×", f"{min(speed):.3f}×", f"{max(speed):.3f}×",
-                sum(r["verdict"] == "better" for r in rs), sum(r["verdict"] == "same" for r in rs),
-                sum(r["verdict"] == "worse" for r in rs))
-    return tab

@@ -284,12 +284,17 @@ def _scheme_panel(pt: dict, recs_by_name: dict[str, list[float]], color) -> Call
         ax.set_xlabel(f"{pt['metric']} ({pt['unit']}), {better} is better")
         ax.set_title(f"Which is fastest — {pt['point']}", fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
+        gone = pt.get("left_out") or []
+        if gone:  # a scheme measured beside these but not comparable is named, never silently dropped
+            ax.text(0.99, 0.01, "left out: " + "; ".join(f"{g['name']} ({g['reason']})" for g in gone[:3]),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=6.5, color="0.3", wrap=True)
     return paint
 
 
 def scheme_panels(records: list[dict], color, limit: int = 2) -> list[Callable]:
     """Ranked-scheme charts for the largest rank count of each kind measured by several schemes."""
-    from hpc.analysis.compare import METRICS, rank_schemes
+    from hpc.analysis.compare import METRICS
+    from hpc.analysis.ranking import rank_schemes
 
     ranked = rank_schemes(records)
     chosen: dict[str, dict] = {}

@@ -7,8 +7,8 @@ import json
 import sys
 
 from hpc.analysis.compare import (METRICS, NOISE_BAND_PCT, baseline_summary, compare_baseline,
-                                  compare_records, comparison_table, csv_table, rank_schemes,
-                                  ranking_csv, ranking_tables)
+                                  compare_records, comparison_table, csv_table)
+from hpc.analysis.ranking import rank_schemes, ranking_csv, ranking_tables, unranked
 from hpc.errors import HpcError
 
 _HELP = f"""\
@@ -78,7 +78,9 @@ def _run(args: argparse.Namespace) -> int:
     if not args.baseline and not args.b:
         ranked = rank_schemes(load_records(args.a), args.metric, args.threshold)
         if not ranked:
-            raise HpcError(f"{args.a}: no point was measured by two or more algorithms/schemes; "
+            alone = unranked(load_records(args.a))
+            why = f" (left out: {'; '.join(alone[:3])})" if alone else ""
+            raise HpcError(f"{args.a}: no point was measured by two or more algorithms/schemes{why}; "
                            "give B, or --baseline NAME")
         if args.json:
             json.dump(json_safe(ranked), sys.stdout, indent=2, allow_nan=False)

@@ -270,7 +270,7 @@ def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
     alike), the order's seed recorded; then the ranked "which is fastest" table on rank 0."""
     import random
 
-    from hpc.analysis.compare import rank_schemes, ranking_tables
+    from hpc.analysis.ranking import rank_schemes, ranking_tables
     from hpc.comm import console, world
     from hpc.table import print_tables
 
