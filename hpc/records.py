@@ -46,6 +46,14 @@ def check_writable(path: str | os.PathLike, what: str = "output", directory: boo
     if os.fspath(path) == "-":
         return
     p = Path(path)
+    try:
+        p.resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise HpcError(f"{path}: cannot be resolved ({_why(exc, 'symbolic link loop')}); the {what} "
+                       "needs a real path") from None
+    if p.is_symlink() and not p.exists():
+        raise HpcError(f"{path}: is a symbolic link to a missing target ({os.readlink(p)}); the {what} "
+                       "needs a real path")
     if p.exists():
         if directory and not p.is_dir():
             raise HpcError(f"{path}: is a file; the {what} must be a directory")
@@ -53,6 +61,8 @@ def check_writable(path: str | os.PathLike, what: str = "output", directory: boo
             raise HpcError(f"{path}: is a directory; the {what} must be a file")
         if not os.access(p, os.W_OK):
             raise HpcError(f"{path}: not writable (the {what})")
+        if p.is_file():
+            _probe(p, what, create=False)
         return
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
@@ -61,6 +71,26 @@ def check_writable(path: str | os.PathLike, what: str = "output", directory: boo
         raise HpcError(f"{path}: {parent} is a file, so the {what} cannot be created below it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HpcError(f"{path}: cannot create the {what} in {parent} (no write permission)")
+    _probe(parent / f".hpc-probe-{os.getpid()}", what, create=True, shown=path)
+
+
+def _why(exc: BaseException, default: str) -> str:
+    return getattr(exc, "strerror", None) or default
+
+
+def _probe(p: Path, what: str, create: bool, shown: str | os.PathLike | None = None) -> None:
+    """Try it: permission bits say yes on /proc, read-only mounts and full quotas, as root anyway."""
+    try:
+        if create:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(p)
+        else:
+            os.close(os.open(p, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        where = p.parent if create else p
+        raise HpcError(f"{shown or p}: cannot write the {what} there ({where}: "
+                       f"{_why(exc, type(exc).__name__)})") from None
 
 
 def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
@@ -69,8 +99,9 @@ def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
     if not data:
         return
     if os.fspath(path) == "-":  # `--json -`: records to stdout (human output then goes to stderr)
-        sys.stdout.write(data)
-        sys.stdout.flush()
+        out = _CLAIMED[0] if _CLAIMED else sys.stdout
+        out.write(data)
+        out.flush()
         return
     path = Path(path)
     try:
@@ -93,6 +124,21 @@ def append(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
                        "the file holds every record written before") from None
     finally:
         os.close(fd)
+
+
+_CLAIMED: list[Any] = []  # the real stdout, once claim_stdout() has set it aside for records
+
+
+def claim_stdout() -> None:
+    """Keep the process's stdout for records alone (`--json -`): file descriptor 1 now goes to
+    stderr, so whatever else prints (a plug-in, a model, a library, even from C) never lands among the
+    records; `append("-")` writes to the stdout set aside here."""
+    if _CLAIMED:
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    _CLAIMED.append(os.fdopen(saved, "w", encoding="utf-8", closefd=True))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -120,13 +166,16 @@ def files(path: str | os.PathLike) -> list[Path]:
 
 
 _WARNED: set[tuple[str, int]] = set()
+TORN_NOTES = 3  # torn-record notes printed per load; the rest are counted in one line
 
 
 def load(path: str | os.PathLike, warn: bool = True) -> list[dict[str, Any]]:
     """Every record under `path`. A torn line (a run killed mid-write, a full disk; possibly with
     a later record glued onto it) is skipped with a note on stderr, never fatal: no finished
-    record is lost because of another one's damage."""
+    record is lost because of another one's damage. A record whose common fields are unusable
+    (`np` missing or not a positive integer, a negative size...) is one clear error naming it."""
     out: list[dict[str, Any]] = []
+    torn: list[str] = []
     for f in files(path):
         lines = f.read_text(errors="replace").splitlines()
         for i, line in enumerate(lines, 1):
@@ -138,14 +187,48 @@ def load(path: str | os.PathLike, warn: bool = True) -> list[dict[str, Any]]:
                 recovered = _glued(line)
                 if warn and (str(f), i) not in _WARNED:  # once per process: analysis may read twice
                     _WARNED.add((str(f), i))
-                    sys.stderr.write(f"hpc: note: {f}:{i}: skipped a torn record"
-                                     + (" (kept the whole one glued to it)" if recovered else "") + "\n")
-                out += recovered
+                    torn.append(f"{f}:{i}: skipped a torn record"
+                                + (" (kept the whole one glued to it)" if recovered else ""))
+                out += [check(r, f"{f}:{i}") for r in recovered]
                 continue
             if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
                 raise HpcError(f"{f}:{i}: not an hpc record (schema {SCHEMA} expected)")
-            out.append(rec)
+            out.append(check(rec, f"{f}:{i}"))
+    for note in torn[:TORN_NOTES]:
+        sys.stderr.write(f"hpc: note: {note}\n")
+    if len(torn) > TORN_NOTES:
+        sys.stderr.write(f"hpc: note: ... and {len(torn) - TORN_NOTES} more torn records skipped "
+                         f"({len(torn)} in all)\n")
     return out
+
+
+# Numeric fields a record may carry and the smallest value each may take (None = may be null).
+_COUNTS = {"np": 1, "nodes": 1, "rep": 0, "size_bytes": 0, "count": 0, "batches": 0, "iters": 0}
+_MEASURES = ("time_s", "steps_per_s", "samples_per_s", "busbw_GBps", "algbw_GBps", "value")
+
+
+def check(rec: dict[str, Any], where: str) -> dict[str, Any]:
+    """The record itself when its common fields are usable; else an HpcError naming `where` and the
+    field (analysis would otherwise fail far away with KeyError: 'np' or a comparison of str and int)."""
+    if "np" not in rec:
+        raise HpcError(f"{where}: record has no 'np' (rank count)")
+    for key, lo in _COUNTS.items():
+        value = rec.get(key)
+        if value is None and key != "np":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise HpcError(f"{where}: record field {key!r} is {value!r}, not an integer >= {lo}")
+    for key in _MEASURES:
+        value = rec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise HpcError(f"{where}: record field {key!r} is {value!r}, not a number >= 0")
+    times = rec.get("times_s")
+    if times is not None and (not isinstance(times, list) or any(
+            isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0
+            for t in times)):
+        raise HpcError(f"{where}: record field 'times_s' must be a list of numbers >= 0")
+    return rec
 
 
 def _glued(line: str) -> list[dict[str, Any]]:

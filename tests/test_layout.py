@@ -15,7 +15,7 @@ from tests.helpers import REPO
 
 # Lower number = lower layer. A module may import its own package or any lower layer.
 LAYERS = {
-    "hpc.errors": 0, "hpc.env": 0, "hpc.units": 1, "hpc.gpu": 1, "hpc.table": 2, "hpc.records": 2, "hpc.comm": 2,
+    "hpc.errors": -1, "hpc.env": 0, "hpc.signals": 0, "hpc.units": 1, "hpc.gpu": 1, "hpc.table": 2, "hpc.records": 2, "hpc.comm": 2,
     "hpc.kernels": 3, "hpc.plugins": 4, "hpc.data": 4, "hpc.analysis": 4,
     "hpc.workloads": 5, "hpc.torch": 6, "hpc.launch": 6, "hpc.sweep": 7, "hpc.cli": 8,
     "hpc.horovod_build": 8, "hpc.__main__": 9,

@@ -37,6 +37,19 @@ def float_pos(text: str) -> float:
     return v
 
 
+def float_min(lo: float) -> Callable[[str], float]:
+    """argparse type: a finite number >= lo (NaN and infinity are refused, not taken for "no limit")."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or not v >= lo:
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {lo:g}, got {text!r}")
+        return v
+    return parse
+
+
 def add_np_argument(parser: argparse.ArgumentParser, default_timeout: float | None = None) -> None:
     """Give a command `--np N` and `--timeout S`; main re-launches such commands under mpirun."""
     parser.add_argument("--np", type=positive_int, metavar="N",

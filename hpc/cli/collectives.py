@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import add_np_argument
+from hpc.cli.args import add_np_argument, float_pos, int_min
 from hpc.plugins import registry
 
 
@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = verbs.add_parser("verify", help="check SPEC against native MPI_Allreduce on many cases")
     v.add_argument("spec", metavar="SPEC",
                    help="a registered name, package.module:func, path/file.py:func, or entry point")
-    v.add_argument("--servers", type=int, default=0, help="dedicated server ranks (ps only)")
+    v.add_argument("--servers", type=int_min(0), default=0, help="dedicated server ranks (ps only)")
     v.add_argument("--ops", default="SUM,MAX", help="MPI ops to check (default SUM,MAX)")
     v.add_argument("--quick", action="store_true", help="the short matrix (no 4 MB, two dtypes)")
-    v.add_argument("--case-timeout", type=float, default=120.0, metavar="S",
+    v.add_argument("--case-timeout", type=float_pos, default=120.0, metavar="S",
                    help="end the job if one case takes longer than S seconds (a deadlock)")
     add_np_argument(v, default_timeout=900)
     v.set_defaults(func=run_verify, precheck=lambda a: registry.precheck(a.spec))

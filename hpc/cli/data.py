@@ -8,6 +8,7 @@ import shlex
 import sys
 from typing import Any
 
+from hpc.cli.args import int_min, positive_int
 from hpc.data.make import (COMPRESSIONS, DEFAULT_SAMPLES, KINDS, human_bytes, import_npy, inspect_file,
                            make_synthetic, plan_shards, print_inspection)
 from hpc.errors import HpcError
@@ -23,15 +24,15 @@ def register(sub: Any) -> None:
                            description="Write a synthetic, learnable dataset (x, y) to an HDF5 "
                                        "file, or import .npy arrays with --from-npy.")
     make.add_argument("file", metavar="FILE.h5")
-    make.add_argument("--samples", type=int, metavar="N",
+    make.add_argument("--samples", type=positive_int, metavar="N",
                       help=f"rows to write (default {DEFAULT_SAMPLES}; with --from-npy: all)")
     make.add_argument("--kind", choices=KINDS, help="tabular (default), image or tokens")
     make.add_argument("--shape", metavar="DIMS",
                       help="row shape: features (64), CxHxW (3x32x32) or sequence length (128)")
-    make.add_argument("--classes", type=int, metavar="K",
+    make.add_argument("--classes", type=int_min(2), metavar="K",
                       help="classes (default 10); vocabulary size for tokens (default 256)")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--chunk", type=int, metavar="ROWS",
+    make.add_argument("--seed", type=int_min(0), default=0)
+    make.add_argument("--chunk", type=positive_int, metavar="ROWS",
                       help="rows per HDF5 chunk (default: about 1 MiB of x)")
     make.add_argument("--compression", choices=COMPRESSIONS, default="none")
     make.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
@@ -48,11 +49,11 @@ def register(sub: Any) -> None:
     inspect.add_argument("file", metavar="FILE.h5")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     shards = inspect.add_argument_group("shard plan (check the file can feed P ranks)")
-    shards.add_argument("--ranks", type=int, metavar="P",
+    shards.add_argument("--ranks", type=positive_int, metavar="P",
                         help="also show the rows each of P ranks would read")
     shards.add_argument("--mode", choices=("strong", "weak"), default="strong")
-    shards.add_argument("--samples-per-rank", type=int, metavar="S", help="rows per rank (weak)")
-    shards.add_argument("--batch-size", type=int, default=32, metavar="B")
+    shards.add_argument("--samples-per-rank", type=positive_int, metavar="S", help="rows per rank (weak)")
+    shards.add_argument("--batch-size", type=positive_int, default=32, metavar="B")
     shards.add_argument("--drop-last", action="store_true")
     shards.add_argument("--wrap", action="store_true", help="weak: reuse rows when too few")
     shards.add_argument("--x", default="x", metavar="NAME", help="features dataset (default x)")

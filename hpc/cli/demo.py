@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpc.cli.args import positive_int
+
 # The schemes that need nothing but this package; the others join when their package is installed.
 OWN_SCHEMES = ("ring", "mpi", "ps", "auto", "ps-async", "ddp")
 SCHEME_REPS = 3  # the fewest repetitions a verdict is given for (hpc.analysis.compare.MIN_REPS)
@@ -28,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--out", default="hpc-demo", metavar="DIR", help="where everything goes (default hpc-demo)")
     p.add_argument("--np", default="1,2,4", metavar="N,N,...", help="rank counts of the sweeps (default 1,2,4)")
-    p.add_argument("--reps", type=int, default=2, help="repetitions per sweep point (default 2)")
-    p.add_argument("--sync-np", type=int, default=2, help="ranks for the sync-scheme comparison (default 2)")
+    p.add_argument("--reps", type=positive_int, default=2, help="repetitions per sweep point (default 2)")
+    p.add_argument("--sync-np", type=positive_int, default=2, help="ranks for the sync-scheme comparison (default 2)")
     p.add_argument("--quick", action="store_true", help="fewer points and schemes (for a smoke test)")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from hpc.cli.args import int_min
 from hpc.errors import HpcError
 
 # --------------------------------------------------------------------------- CLI
@@ -35,10 +36,10 @@ def register(sub) -> None:
     p.add_argument("--costmodel", action="store_true", help="same as --law alpha-beta")
     p.add_argument("--json", action="store_true", help="print JSON (an object for one group, "
                                                        "a list for several)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+    p.add_argument("--bootstrap", type=int_min(0), default=1000, metavar="B",
                    help="bootstrap resamples of repetitions within each N for a second CI "
                         "(0 = off; default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=int_min(0), default=0, help="bootstrap seed (default 0)")
     p.add_argument("-v", "--detail", action="store_true",
                    help="per-point, prediction and model tables for every group "
                         "(default: only when there is one group)")

@@ -15,7 +15,7 @@ import threading
 import traceback
 from typing import Sequence
 
-from hpc import __version__, env
+from hpc import __version__, env, signals
 from hpc.cli import bench, collectives, compare, data, demo, fit, plot, predict, report, sweep, train
 from hpc.errors import HpcError
 
@@ -43,16 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C: temp files are removed and the job's process group is killed."""
-    raise KeyboardInterrupt
+# SIGTERM unwinds like Ctrl-C: temp files are removed and the job's process group is killed (and a
+# SIGTERM whose KeyboardInterrupt a finaliser swallowed is still seen: hpc.signals).
+_terminate = signals._on_term
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    program = argv is None  # the process's entry point (not a call from Python): it may end the process
     argv = list(sys.argv[1:] if argv is None else argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    signals.install()
+    code = _main(argv)
+    if signals.received() and code == 0:
+        code = _fail("interrupted", 130)
+    if program:
+        _leave(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    running = False  # True once the command itself (not the parser) runs
     try:
+        env.check()
         parser = build_parser()
         workload = None
         if argv[:1] == ["sweep"]:
@@ -66,13 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0 if not argv else 2
-        if getattr(args, "mpi_command", False):
-            if args.np and not _inside_mpi():
-                return _relaunch(args, argv)
-            if _inside_mpi():
-                from hpc.launch.mpirun import die_with_parent
+        rank = getattr(args, "mpi_command", False) and _inside_mpi()
+        if getattr(args, "mpi_command", False) and args.np and not rank:
+            return _relaunch(args, argv)
+        if rank:
+            _become_rank(args)
+        if getattr(args, "json", None) == "-":
+            from hpc import records
 
-                die_with_parent(signal.SIGKILL)  # this rank ends with its launcher, whatever it runs
+            records.claim_stdout()  # `--json -`: stdout carries the records only, whatever else prints
+        running = True
         return int(args.func(args) or 0)
     except HpcError as exc:
         return _fail(str(exc), exc.exit_code)
@@ -84,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except SystemExit as exc:  # sys.exit(N) in user code on one rank: end the job, name the rank
         code = exc.code
+        if code in (None, 0) and running and (_inside_mpi() or _mpi_used()):  # left "successfully" early
+            return _fail(f"the workload called sys.exit({code!r}) before it finished (a plug-in or "
+                         "model factory?)", 1)
         if code in (None, 0) or not _in_multirank_job():
             raise
         return _fail(f"the workload called sys.exit({code!r})", code if isinstance(code, int) else 1)
@@ -91,6 +108,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env.get("HPC_DEBUG"):
             traceback.print_exc()
         return _fail(f"{type(exc).__name__}: {exc}", 1)
+
+
+def _become_rank(args: argparse.Namespace) -> None:
+    """This process is one rank of an MPI job: it ends with its launcher, reads no stdin, ends every
+    process it starts when it ends (hpc.launch.reaper), and runs on as many ranks as --np says."""
+    import atexit
+
+    from hpc.launch import reaper
+
+    reaper.die_with_parent(signal.SIGKILL)  # whatever it runs, a rank ends with its launcher
+    reaper.stdin_from_devnull()
+    if reaper.become_subreaper():
+        atexit.register(reaper.end_descendants)
+    if args.np:
+        from hpc.comm import world
+
+        size = world().Get_size()
+        if size != args.np:
+            raise HpcError(f"--np {args.np} but this job has {size} ranks (started by mpirun/srun with "
+                           f"-n {size}): drop --np, or start {args.np} ranks")
+
+
+def _leave(code: int) -> None:
+    """End the process with `code` even when a plug-in left a non-daemon thread running (Python would
+    wait for it for ever after printing success): say so, finish MPI, and exit."""
+    stray = [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+             and t is not threading.main_thread()]
+    if not stray:
+        return
+    from hpc import comm
+
+    names = ", ".join(sorted({t.name for t in stray}))
+    sys.stderr.write(f"hpc: note: {comm.rank_prefix()}thread(s) still running at exit ({names}), "
+                     "started by a plug-in or model?: ended with the process\n")
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if comm.mpi_active():
+        from hpc.launch import reaper
+
+        reaper.end_descendants()
+        from mpi4py import MPI
+
+        MPI.Finalize()
+    os._exit(code)
 
 
 def _check_workload(parser: argparse.ArgumentParser, words: list[str], here: bool) -> None:
@@ -107,6 +171,12 @@ def _in_multirank_job() -> bool:
     from hpc import comm
 
     return comm.mpi_active() and comm.world().Get_size() > 1
+
+
+def _mpi_used() -> bool:
+    from hpc import comm
+
+    return comm.mpi_active()
 
 
 def _inside_mpi() -> bool:
@@ -140,6 +210,9 @@ def _fail(message: str, code: int, abort: bool = True) -> int:
     sys.stderr.write(f"hpc: error: {comm.rank_prefix()}{message}\n")
     sys.stderr.flush()
     if abort and comm.mpi_active() and comm.world().Get_size() > 1:
+        from hpc.launch import reaper
+
+        reaper.end_descendants(grace=0.5)  # MPI_Abort would leave them to PID 1
         comm.abort(code or 1)
     return code or 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hpc.cli.args import int_min
+
 
 def register(sub) -> None:
     """Add the `report` verb."""
@@ -15,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", metavar="REPORT.md", help="report file (default DIR/REPORT.md)")
     p.add_argument("--baseline", metavar="NAME", help="baseline algo/sync for comparisons "
                                                       "(default mpi when present)")
-    p.add_argument("--bootstrap", type=int, default=200, metavar="B",
+    p.add_argument("--bootstrap", type=int_min(0), default=200, metavar="B",
                    help="bootstrap resamples for the second CI (default 200, 0 = off)")
     p.add_argument("--title", help="report title")
     p.set_defaults(func=run)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from hpc.cli.args import float_pos, positive_int
 from hpc.errors import HpcError
 from hpc.sweep import LAUNCHERS
 from hpc.sweep.command import RunSpec
@@ -47,9 +48,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--np", required=True, metavar="N,N,...", help="rank counts, increasing (e.g. 1,2,4)")
     p.add_argument("--nodes", metavar="K,K,...", help="node counts (Slurm only; default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (resumable)")
-    p.add_argument("--reps", type=int, default=1, help="repetitions of every point (default 1)")
+    p.add_argument("--reps", type=positive_int, default=1, help="repetitions of every point (default 1)")
     p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local")
-    p.add_argument("--point-timeout", type=float, default=900.0, metavar="S",
+    p.add_argument("--point-timeout", type=float_pos, default=900.0, metavar="S",
                    help="a point running longer is killed and recorded as timeout (default 900)")
     p.add_argument("--dry-run", action="store_true",
                    help="slurm: write the sbatch scripts and stop; submit them by hand with sbatch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import add_np_argument, float_pos, int_min, options
+from hpc.cli.args import add_np_argument, float_min, float_pos, int_min, options
 from hpc.workloads import train
 from hpc.workloads.models import MODELS
 from hpc.workloads.train import SCALINGS
@@ -67,15 +67,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="same as --overlap off")
     g.add_argument("--host-staging", action="store_true",
                    help="own sync: copy buckets through separate host buffers (always on with cuda)")
-    g.add_argument("--servers", type=int, default=None,
+    g.add_argument("--servers", type=int_min(0), default=None,
                    help="parameter-server ranks for ps-async (default 1) or ps (default 0 = sharded)")
-    g.add_argument("--staleness", type=int, default=2,
+    g.add_argument("--staleness", type=int_min(0), default=2,
                    help="ps-async: how many steps a worker may run ahead of the slowest (default 2)")
     o = p.add_argument_group("optimisation and model")
     o.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd (no momentum)")
     o.add_argument("--lr", type=float_pos, default=None, help="learning rate (default 0.05 sgd, 1e-3 adam)")
-    o.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    o.add_argument("--seed", type=int, default=0, help="model init and data seed (default 0)")
+    o.add_argument("--momentum", type=float_min(0), default=0.0, help="SGD momentum (default 0)")
+    o.add_argument("--seed", type=int_min(0), default=0, help="model init and data seed (default 0)")
     o.add_argument("--width", type=int_min(1), default=None,
                    help="mlp hidden size / cnn channels / transformer d_model (default 256/16/64)")
     o.add_argument("--depth", type=int_min(0), default=None, help="hidden layers / conv blocks / layers (default 2)")

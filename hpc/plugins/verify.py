@@ -2,11 +2,14 @@
 
 Runs on every rank of `comm`: sizes {0, 1, p-1, p+1, a prime ~1e5, 4 MB}, four dtypes, SUM and MAX
 (MAX is skipped when the algorithm refuses it on every rank), in place and out of place, random data,
-also on smaller sub-communicators. A wrong answer raises HpcError naming the case.
+also on smaller sub-communicators. A wrong answer raises HpcError naming the case; so does a result
+that is right within tolerance but not bit-identical on every rank (ranks would drift apart), and a
+non-daemon thread the plug-in leaves running (the process could not exit).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -75,6 +78,7 @@ def verify(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...] = ("SUM", "M
     from mpi4py import MPI
 
     report = Report()
+    threads_before = set(threading.enumerate())
     counts = [comm.Get_size()]
     if sub_comms:
         counts += [k for k in (1, 2, 3) if k < comm.Get_size()]
@@ -89,7 +93,21 @@ def verify(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...] = ("SUM", "M
         with deadline(case_timeout, f"verifying '{coll.spec}': waiting for every rank"):
             comm.Barrier()
         report.rank_counts.append(k)
+    _check_threads(comm, coll, threads_before)
     return report
+
+
+def _check_threads(comm: "MPI.Comm", coll: Collective, before: set[threading.Thread]) -> None:
+    """A plug-in must not leave a non-daemon thread running: Python waits for it at exit, so a job
+    that printed success would hang until its timeout (and a training script would never end)."""
+    left = sorted(t.name for t in threading.enumerate()
+                  if t not in before and t.is_alive() and not t.daemon)
+    everyone = comm.allgather(left)
+    bad = [(r, names) for r, names in enumerate(everyone) if names]
+    if bad:
+        shown = "; ".join(f"rank {r}: {', '.join(names)}" for r, names in bad)
+        raise HpcError(f"collective '{coll.spec}' left a non-daemon thread running ({shown}): the "
+                       "process could not exit; start it with daemon=True or stop it before returning")
 
 
 def _verify_on(comm: "MPI.Comm", coll: Collective, ops: tuple[str, ...], quick: bool,
@@ -145,6 +163,7 @@ def _one_case(comm: "MPI.Comm", pcomm: "MPI.Comm", coll: Collective, case: Case,
         report.refused_ops.add(case.op)
         return
     problem = _compare(comm, case, x, send, recv, ref, op)
+    problem = _disagreement(comm, recv) or problem  # collective: every rank takes part
     pcomm.Barrier()
     if problem is None and pcomm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG):
         problem = "left an unreceived message behind (a stray send would corrupt the next call)"
@@ -154,6 +173,22 @@ def _one_case(comm: "MPI.Comm", pcomm: "MPI.Comm", coll: Collective, case: Case,
         raise HpcError(f"collective '{coll.spec}' gave a wrong answer on {p} ranks, {case}: "
                        f"rank {bad[0]}: {bad[1]}")
     report.passed += 1
+
+
+def _disagreement(comm: "MPI.Comm", recv: np.ndarray) -> str | None:
+    """Why this rank's result is not bit-identical to rank 0's, or None. Within tolerance of the
+    native answer is not enough: ranks whose results differ by one ulp train apart step by step."""
+    theirs = recv.copy() if comm.Get_rank() == 0 else np.empty_like(recv)
+    comm.Bcast(theirs.view(np.uint8), root=0)
+    if comm.Get_rank() == 0 or not recv.size:
+        return None
+    bits = np.dtype(f"u{recv.dtype.itemsize}")
+    wrong = np.flatnonzero(recv.view(bits) != theirs.view(bits))
+    if not wrong.size:
+        return None
+    i = int(wrong[0])
+    return (f"holds different bits than rank 0 in {wrong.size} element(s), first at index {i}: "
+            f"{recv[i].item()!r} vs rank 0's {theirs[i].item()!r} (every rank must hold the same answer)")
 
 
 def _native(comm: "MPI.Comm", x: np.ndarray, op: "MPI.Op") -> np.ndarray:

@@ -211,12 +211,19 @@ def point_file(plan: Plan, point: Point) -> Path:
 
 
 def is_done(plan: Plan, point: Point) -> bool:
-    """A point is done when its records file exists and every record in it is ok."""
+    """A point is done when its records file exists and every record in it is ok and was measured for
+    this very point: this sweep, this rank count, this point id (a file copied in from another point
+    or another sweep is not a finished point; it is run again and replaced)."""
     path = point_file(plan, point)
     if not path.exists():
         return False
-    recs = records.load(path)
-    return bool(recs) and all(r.get("status") == "ok" for r in recs)
+    try:
+        recs = records.load(path)
+    except HpcError:  # unusable records: the point is run again (and its file replaced)
+        return False
+    return bool(recs) and all(r.get("status") == "ok" and r.get("np") == point.np
+                              and r.get("point_id") == point.id and r.get("sweep_id") == plan.sweep_id
+                              for r in recs)
 
 
 def point_env(plan: Plan, point: Point) -> dict[str, str]:

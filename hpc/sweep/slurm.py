@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hpc import records
 from hpc.errors import HpcError
-from hpc.launch import slurm
+from hpc.launch import reaper, slurm
 from hpc.sweep.plan import (Plan, Point, SweepOptions, attempt_file, finish_point, point_env, point_env_fields,
                             point_file)
 
@@ -38,7 +38,7 @@ def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
         spec = plan.out.resolve() / "slurm" / f"{pt.id}.json"
         _write_job_spec(spec, plan, pt, opts, final, logs / f"{pt.id}.log")
         wrap = shlex.join([sys.executable, "-m", "hpc.sweep.command", str(spec), "--"]) + " "
-        command = shlex.join(plan.run.command)
+        command = shlex.join(reaper.wrap(plan.run.command))  # per rank: stdin /dev/null, leftovers ended
     else:
         ranks = [sys.executable, "-m", "mpi4py", "-m", "hpc", *plan.workload, "--json", str(tmp.resolve())]
         command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final))}"

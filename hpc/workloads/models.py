@@ -231,6 +231,9 @@ def _call_factory(factory: Callable, spec: str, kwargs: dict[str, Any]) -> "torc
         model = factory(**kwargs)
     except HpcError:
         raise
+    except SystemExit as exc:  # it would end every rank "successfully", with nothing trained
+        raise HpcError(f"model factory '{spec}' called sys.exit({exc.code!r}) instead of returning a "
+                       "model") from None
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -405,6 +408,26 @@ class SyntheticData:
         return x, y.astype(np.int64)
 
 
+MAX_LABELS = 1 << 24  # more classes (or a vocabulary larger) than this is a mistake in the labels
+
+
+def _label_count(value: Any, what: str) -> int:
+    """A number of classes / vocabulary size read from a data file: an integer in 2..MAX_LABELS."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    try:
+        n = int(value.strip()) if isinstance(value, str) else int(value)
+        ok = not isinstance(value, bool) and (isinstance(value, str) or n == value)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise HpcError(f"{what} is {value!r}, not a number of classes (an integer); fix the file")
+    if not 1 <= n <= MAX_LABELS:
+        raise HpcError(f"{what} is {n}: a model takes up to {MAX_LABELS} classes (labels are class "
+                       "indices 0..K-1; give --classes K, or fix the labels)")
+    return n
+
+
 def config_from_data(cfg: ModelConfig, sample_shape: tuple[int, ...], x_dtype: np.dtype,
                      attrs: dict[str, Any], y_max: int | None, explicit: Mapping[str, Any] | None = None,
                      source: str = "the data file") -> ModelConfig:
@@ -414,6 +437,12 @@ def config_from_data(cfg: ModelConfig, sample_shape: tuple[int, ...], x_dtype: n
     contradicts the file is an error rather than silently replaced.
     """
     explicit = dict(explicit or {})
+    attrs = dict(attrs)
+    for key in ("classes", "vocab"):
+        if attrs.get(key) is not None:
+            attrs[key] = _label_count(attrs[key], f"{source}: attribute {key!r}")
+    if y_max is not None:
+        y_max = _label_count(int(y_max) + 1, f"{source}: its largest label + 1") - 1
     # uint8 samples of 2+ dimensions are stored images (CIFAR-style): trained on as floats (0..255)
     images_u8 = x_dtype.kind == "u" and x_dtype.itemsize == 1 and len(sample_shape) >= 2
     floating, integral = x_dtype.kind == "f" or images_u8, x_dtype.kind in "iu"

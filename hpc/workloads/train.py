@@ -319,7 +319,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     device = _device(torch, tc.device)
     sync.require(pl.scheme, device.type)  # missing/broken package: likewise
     from hpc.workloads.sync.base import (TrainContext, TrainOptions, average_buffers, broadcast_state,
-                                        flat_buffers, local_layout)
+                                        check_same_model, flat_buffers, local_layout)
 
     local_rank, local_size = local_layout(comm)
     torch.set_num_threads(tc.threads or _threads(local_size))
@@ -346,6 +346,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     model.train()
     if coll is not None and not coll.builtin:
         _verify_for_run(comm, coll, model, tc)
+    check_same_model(comm, model)     # names, shapes, dtypes agree on every rank, whatever the scheme
     broadcast_state(comm, model)      # parameters and buffers from rank 0, whatever the scheme
     ctx = TrainContext(comm=comm, cfg=cfg, model=model, device=device, opts=opts, collective=coll,
                        option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size,
@@ -388,11 +389,10 @@ def _verify_for_run(comm: "MPI.Comm", coll, model: "torch.nn.Module", tc: TrainC
     and, with --fp16-compress, float16 (a plug-in wrong only above the quick matrix's sizes or only
     in float16 must not train to a wrong result)."""
     from hpc.plugins.verify import verify
-    from hpc.workloads.sync.own import plan_buckets
+    from hpc.workloads.sync.own import bucket_sizes
 
-    numels = [int(p.numel()) for p in model.parameters() if p.requires_grad]
-    buckets = plan_buckets(numels, int(tc.bucket_mb * (1 << 20)))
-    counts = tuple(sorted({sum(numels[i] for i in b) for b in buckets}))
+    params = [p for p in model.parameters() if p.requires_grad]
+    counts = tuple(sorted(set(bucket_sizes(params, int(tc.bucket_mb * (1 << 20))))))  # as BucketEngine
     dtypes = ("float32", "float16") if tc.fp16_compress else ("float32",)
     verify(comm, coll, ops=("SUM",), quick=True, sub_comms=False, dtypes=dtypes, sizes=counts)
 

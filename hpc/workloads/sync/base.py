@@ -232,6 +232,45 @@ def broadcast_state(comm: "MPI.Comm", model: "torch.nn.Module", root: int = 0) -
             raw = flat.view(torch.uint8).numpy().copy() if flat.numel() else np.zeros(0, np.uint8)
         check_uniform(comm, raw, f"model state ({dtype})")
         comm.Bcast(raw, root=root)
+def model_layout(model: "torch.nn.Module") -> list[tuple[str, str, tuple[int, ...], str, bool]]:
+    """(kind, name, shape, dtype, trainable) of every parameter and buffer, in the model's order."""
+    out = [("parameter", n, tuple(t.shape), str(t.dtype), bool(t.requires_grad))
+           for n, t in model.named_parameters()]
+    return out + [("buffer", n, tuple(t.shape), str(t.dtype), False) for n, t in model.named_buffers()]
+
+
+def check_same_model(comm: "MPI.Comm", model: "torch.nn.Module") -> None:
+    """Every rank must hold the same model (each parameter's and buffer's name, shape, dtype and
+    trainability) before training, or every rank raises the same HpcError naming the first difference.
+
+    One allgather of a digest; the full layouts travel only when they differ. Byte counts per dtype
+    (all the start broadcast can see) are not enough: a rank that built another architecture of the
+    same size trained "successfully" under own sync, hung Horovod and garbled DDP's error output.
+    """
+    layout = model_layout(model)
+    mine = hashlib.sha256(repr(layout).encode()).hexdigest()
+    if len(set(comm.allgather(mine))) == 1:
+        return
+    layouts = comm.allgather(layout)
+
+    def entry(e: tuple | None) -> str:
+        return "nothing" if e is None else f"{e[0]} {e[1]!r} {list(e[2])} {e[3].removeprefix('torch.')}" + (
+            "" if e[0] == "buffer" or e[4] else " (frozen)")
+
+    ref = layouts[0]
+    for r, other in enumerate(layouts):
+        if other == ref:
+            continue
+        i = next(i for i in range(max(len(ref), len(other)) + 1)
+                 if i >= len(ref) or i >= len(other) or ref[i] != other[i])
+        theirs = other[i] if i < len(other) else None
+        ours = ref[i] if i < len(ref) else None
+        odd = [q for q, lay in enumerate(layouts) if lay != ref]
+        raise HpcError(f"ranks hold different models: rank {r} has {entry(theirs)} where rank 0 has "
+                       f"{entry(ours)} (ranks {odd} differ from rank 0; {len(other)} vs {len(ref)} "
+                       "tensors): every rank must build the same model")
+
+
         _unflatten_into(ts, torch.from_numpy(raw).view(dtype))
 
 

@@ -69,6 +69,21 @@ def plan_buckets(sizes: list[int], bucket_bytes: int, itemsize: int = 4) -> list
     return groups
 
 
+def bucket_groups(params: list["torch.Tensor"], bucket_bytes: int) -> tuple[list["torch.Tensor"], list[list[int]]]:
+    """How BucketEngine buckets `params` (given in the model's order): the reduction order (reversed:
+    backward produces the last layers' gradients first) and the groups of indices into it. The one
+    place that decides, so that verifying a plug-in on "the bucket sizes training will use"
+    (`bucket_sizes`) can never drift from what training hands it."""
+    order = list(reversed(params))
+    return order, plan_buckets([p.numel() for p in order], max(1, int(bucket_bytes)))
+
+
+def bucket_sizes(params: list["torch.Tensor"], bucket_bytes: int) -> list[int]:
+    """Element counts of the buckets BucketEngine reduces for `params`, in reduction order."""
+    order, groups = bucket_groups(params, bucket_bytes)
+    return [sum(order[i].numel() for i in group) for group in groups]
+
+
 class Wire:
     """Moves a bucket between the device gradients and the host buffer that the allreduce sees.
 
@@ -218,8 +233,7 @@ class BucketEngine:
         self.world = comm.Get_size()
         self.allreduce = allreduce
         self.sum = MPI.SUM
-        order = list(reversed(self.params))  # backward produces the last layers' gradients first
-        groups = plan_buckets([p.numel() for p in order], max(1, int(bucket_bytes)))
+        order, groups = bucket_groups(self.params, bucket_bytes)
         total = sum(p.numel() for p in order)
         self.flat = torch.zeros(total, dtype=torch.float32, device=self.params[0].device)
         self.buckets: list[Bucket] = []
