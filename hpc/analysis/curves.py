@@ -66,8 +66,14 @@ def split_by_nodes(groups: dict[tuple, list[dict[str, Any]]]
             out.append((key, None, recs))
             continue
         notes.append(f"{group_label(key)}: measured on {', '.join(map(str, sorted(by)))} nodes — "
-                     "fitted as one curve per node count (reps are not pooled across node counts)")
-        out += [(key, k, by[k]) for k in sorted(by)]
+                     "fitted as one curve per node count (reps are not pooled across node counts; "
+                     "one rank runs on one node, so T(1) is every curve's reference)")
+        ones = [r for r in recs if r.get("np") == 1]
+        for k in sorted(by):
+            mine = by[k]
+            if ones and not any(r.get("np") == 1 for r in mine):
+                mine = ones + mine
+            out.append((key, k, mine))
     return out, notes
 
 

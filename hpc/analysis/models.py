@@ -7,7 +7,8 @@ physics: every coefficient is ≥ 0, so a term can only add time. Strong scaling
     amdahl+N       a + b/N + c·N                 (contention, ring α term 2(N−1)α; optimum N)
     amdahl+NlogN   a + b/N + c·N·log2 N          (all-to-all-like growth)
     amdahl+ring    a + b/N + c·(N−1)/N           (ring / reduce-scatter β term on a fixed buffer)
-Weak scaling (fixed work per rank): Gustafson's T1·N/(1 + (N−1)P) and const+{log, N, NlogN, ring}.
+Weak scaling (fixed work per rank): a constant, Gustafson's T1·N/(1 + (N−1)P) and const+{log, N,
+NlogN, ring}.
 A collective's own α–β form (hpc.analysis.costmodel) joins as a candidate for collective and
 training curves. Fits are least squares on log time (timing noise is multiplicative).
 
@@ -75,6 +76,7 @@ STRONG = (
     _m("amdahl+ring", ("1", "1/N", "ring"), "plus a (N−1)/N term (ring β term on a fixed buffer)"),
 )
 WEAK = (
+    _m("const", ("1",), "perfect weak scaling: the same time on every N"),
     Model("gustafson", (), "Gustafson: scaled speedup N − (N−1)(1−P)"),
     _m("const+log", ("1", "log2N"), "constant work per rank + a log2 N term"),
     _m("const+N", ("1", "N"), "constant work per rank + a term linear in N"),
@@ -215,6 +217,8 @@ def fit_model(model: Model, n, t, noise: tuple[float, float, int] | None = None)
     theta = _fit_gustafson(n, t) if model.name == "gustafson" else _fit_linear(model, n, t)
     y = np.log(t)
     r = y - _log_model(model, theta, n)
+    if not np.all(np.isfinite(r)):  # e.g. an α–β form that came out 0 somewhere: not a candidate
+        raise ValueError(f"{model.name}: no positive time at every measured N")
     uniq, inv = np.unique(n, return_inverse=True)
     cnt = np.bincount(inv).astype(float)
     rbar = np.bincount(inv, weights=r) / cnt

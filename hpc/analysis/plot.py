@@ -1,4 +1,4 @@
-"""`hpc plot`: speedup and efficiency vs N with the fitted law and its 95% band; busbw vs size.
+"""`hpc plot`: speedup and efficiency vs N with the chosen model and its 95% band; busbw vs size.
 
 One PNG with a panel grid chosen from the data: for each scaling regime (strong/weak) with a fit,
 speedup (log-log, with the ideal line) and efficiency; for collective records, busbw and time vs
@@ -11,132 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hpc.analysis.laws import poor_fit
 from hpc.errors import HpcError
 
-_MARKERS = "osD^v<>ph*"
-
-
-def _axis_n(ax, ns: list[int]) -> None:
-    """log2 x axis with ticks at the given rank counts."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
-
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(sorted(set(ns))))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("ranks N")
-
-
-def _extrap_ns(nmax: float) -> list[int]:
-    q, out = 1, []
-    while q <= 8 * nmax:
-        out.append(q)
-        q *= 2
-    return out
-
-
-def _speedup_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
-    """Measured speedups (every rep and medians), ideal line, fitted curve with its CI band."""
-    import numpy as np
-
-    from hpc.analysis.laws import AMDAHL
-
-    law = fits[0].law
-    nmax = max(f.points[-1]["np"] for f in fits)
-    grid = np.geomspace(1, 8 * nmax, 200)
-    ax.plot(grid, grid, color="0.55", lw=1, ls=":", label="ideal S = N")
-    for i, f in enumerate(fits):
-        c = color(_name(f))
-        ns = np.array([p["np"] for p in f.points], dtype=float)
-        s = np.array([p["speedup"] for p in f.points])
-        good = _fit_curve(ax, f, grid, c, per_rank=False)
-        ci = f"[{f.ci95[0]:.3f}, {f.ci95[1]:.3f}]" if f.ci95 else ""
-        ci += "" if good else f" — poor fit (R² {f.r2:.2f}): no extrapolation"
-        # whiskers: the speedup range over repetitions (T(1) median over each rep's T(N))
-        lo = np.array([p["speedup"] * p["time_median_s"] / p["time_max_s"] for p in f.points])
-        hi = np.array([p["speedup"] * p["time_median_s"] / p["time_min_s"] for p in f.points])
-        ax.errorbar(ns, s, yerr=[s - lo, hi - s], fmt=_MARKERS[i % len(_MARKERS)], color=c, ms=6,
-                    mec="white", mew=0.6, elinewidth=1, capsize=2,
-                    label=f"{_short(f)}: P = {f.p:.3f} {ci}")
-    ax.set_yscale("log", base=2)
-    _axis_n(ax, _extrap_ns(nmax))
-    from matplotlib.ticker import FuncFormatter
-
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    kind = "Amdahl, strong scaling: S = T(1)/T(N)" if law == AMDAHL else \
-        "Gustafson, weak scaling: S = N·T(1)/T(N)"
-    ax.set_title(f"Speedup — {kind}", fontsize=10)
-    ax.set_ylabel("speedup S(N)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper left", framealpha=0.9,
-              title="median (whiskers: rep range), fit (line),\n95% CI (band), extrapolation (dashed)",
-              title_fontsize=7)
-
-
-def _efficiency_panel(ax, fits: list, color: Callable[[str], Any]) -> None:
-    """Parallel efficiency S(N)/N, measured and fitted."""
-    import numpy as np
-
-    from hpc.analysis.laws import AMDAHL
-
-    law = fits[0].law
-    nmax = max(f.points[-1]["np"] for f in fits)
-    grid = np.geomspace(1, 8 * nmax, 200)
-    ax.axhline(1.0, color="0.55", lw=1, ls=":")
-    for i, f in enumerate(fits):
-        c = color(_name(f))
-        ns = np.array([p["np"] for p in f.points], dtype=float)
-        e = np.array([p["efficiency"] for p in f.points])
-        _fit_curve(ax, f, grid, c, per_rank=True)
-        ax.plot(ns, e, _MARKERS[i % len(_MARKERS)], color=c, ms=6, mec="white", mew=0.6,
-                label=_short(f))
-    _axis_n(ax, _extrap_ns(nmax))
-    ax.set_ylim(0, max(1.1, ax.get_ylim()[1]))
-    ax.set_ylabel("efficiency S(N)/N")
-    ax.set_title("Parallel efficiency — " + ("strong" if law == AMDAHL else "weak") + " scaling",
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
-
-
-def _fit_curve(ax, f, grid, c, per_rank: bool) -> bool:
-    """The fitted law (speedup, or efficiency = speedup/N when `per_rank`) with its 95% band: solid
-    over the measured N, dashed beyond; a poor fit (R² < 0.9) is drawn only where measured.
-    Returns whether the fit was good enough to extrapolate."""
-    from hpc.analysis.laws import law_speedup
-
-    scale = grid if per_rank else 1.0
-    inside = grid <= max(p["np"] for p in f.points)
-    good = _good_fit(f)
-    span = slice(None) if good else inside
-    curve = law_speedup(f.law, grid, f.p) / scale
-    if f.ci95:
-        lo, hi = (law_speedup(f.law, grid, q) / scale for q in f.ci95)
-        ax.fill_between(grid[span], lo[span], hi[span], color=c, alpha=0.15, lw=0)
-    ax.plot(grid[inside], curve[inside], color=c, lw=1.8)
-    if good:
-        ax.plot(grid[~inside], curve[~inside], color=c, lw=1.4, ls="--")
-    return good
-
-
-def _good_fit(fit) -> bool:
-    """R² ≥ POOR_R2: only then is an extrapolation drawn (a poor fit's curve stays within the data)."""
-    return not poor_fit(fit.r2)
-
-
-def _name(fit) -> str:
-    """Colour key: the algorithm/sync name, so one scheme has one colour in every panel."""
-    return str(fit.group.get("name", fit.label))
-
-
-def _short(fit) -> str:
-    g = fit.group
-    if "name" not in g:
-        return fit.label
-    v = g.get("variant")
-    return f"{g['name']} ({v})" if v is not None and g.get("kind") != "collective" else str(g["name"])
+from hpc.analysis.plot_scaling import MARKERS as _MARKERS, axis_n as _axis_n, name as _name, scaling_panels
 
 
 def _median_by(recs: list[dict], key: str, field: str) -> tuple[list[float], list[float]]:
@@ -323,8 +200,10 @@ def _palette(names: Iterable[str]) -> Callable[[str], Any]:
 
 
 def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict] | None = None,
-                title: str | None = None, schemes: list[dict] | None = None) -> Path:
-    """Write one PNG with scaling panels for `fits` and collective panels for `collective` records."""
+                title: str | None = None, schemes: list[dict] | None = None,
+                nps: list[int] | None = None) -> Path:
+    """Write one PNG with scaling panels for `fits` (predicted out to the largest of `nps`) and
+    collective panels for `collective` records."""
     import math
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -338,11 +217,7 @@ def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict
     color = _palette(names)
     if schemes:
         panels += scheme_panels(schemes, color)
-    for law in ("amdahl", "gustafson"):
-        fl = [f for f in fits if f.law == law]
-        if fl:
-            panels.append(lambda ax, fl=fl: _speedup_panel(ax, fl, color))
-            panels.append(lambda ax, fl=fl: _efficiency_panel(ax, fl, color))
+    panels += scaling_panels(fits, color, nps)  # the chosen model and its band, to the asked N
     if collective:
         panels += _collective_panels(collective, color)
     if not panels:
@@ -365,8 +240,9 @@ def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict
     return out
 
 
-def plot_path(path: str | Path, out: str | Path, law: str | None = None) -> Path:
-    """Fit and plot a records file/dir or an np,time_s CSV into one PNG."""
+def plot_path(path: str | Path, out: str | Path, law: str | None = None,
+              nps: list[int] | None = None) -> Path:
+    """Fit and plot a records file/dir or an np,time_s CSV into one PNG (predictions to max(nps))."""
     from hpc.analysis.groups import load_records, ok_records
     from hpc.analysis.scaling import fit_path, fit_records, is_csv as _is_csv
 
@@ -374,7 +250,7 @@ def plot_path(path: str | Path, out: str | Path, law: str | None = None) -> Path
     if not path.exists():
         raise HpcError(f"{path}: no such file or directory")
     if path.is_file() and _is_csv(path):
-        return plot_figure(out, fits=fit_path(path, law), title=path.name)
+        return plot_figure(out, fits=fit_path(path, law), title=path.name, nps=nps)
     recs = load_records(path)
     ok = ok_records(recs)
     if not ok:
@@ -388,4 +264,4 @@ def plot_path(path: str | Path, out: str | Path, law: str | None = None) -> Path
         except HpcError:
             if not coll and len({r.get("sync") or r.get("algo") for r in scal}) < 2:
                 raise
-    return plot_figure(out, fits=fits, collective=coll, title=str(path), schemes=scal)
+    return plot_figure(out, fits=fits, collective=coll, title=str(path), schemes=scal, nps=nps)

@@ -28,6 +28,7 @@ MIN_WEIGHT = 0.02        # models below this Akaike weight do not join the avera
 DISAGREE_WEIGHT = 0.10   # a model this heavy predicting outside the chosen one's interval: flagged
 WIDEN_FLAG = 1.5         # intervals widened by more than this after the backtest are flagged
 BIAS_FLAG = 1.5          # |mean z| of the backtest beyond this: the model errs one way when it extrapolates
+MIN_TERM_Z = 2.0         # an extra term must be this many standard errors above 0 to be used
 LOF_FLAG_P = 0.01        # lack-of-fit F test below this: the measured means themselves miss the model
 
 
@@ -125,7 +126,10 @@ class Forecast:
         return next((f for f in self.fits if f.model.name == name), None)
 
     def _mixture(self, q: float):
-        """(log-space) mean, SD, quantiles and each member's mean at N = q under the weights."""
+        """Median and 2.5/97.5% quantiles (log space) of the weighted mixture of the models' predictive
+        t distributions at N = q, and each member. The median is the point prediction: it is what
+        minimises the expected absolute (percentage) error, and it stays with the best-supported model
+        instead of being pulled half-way to an unlikely one, as a mean would."""
         from scipy.optimize import brentq
         from scipy.stats import t as tdist
 
@@ -138,7 +142,7 @@ class Forecast:
 
         lo_b = min(mu - 50 * max(sd, 1e-6) for _, _, mu, sd in mem)
         hi_b = max(mu + 50 * max(sd, 1e-6) for _, _, mu, sd in mem)
-        mean = sum(w * mu for w, _, mu, _ in mem)
+        mean = brentq(lambda x: cdf(x) - 0.5, lo_b, hi_b)
         lo = brentq(lambda x: cdf(x) - 0.025, lo_b, hi_b)
         hi = brentq(lambda x: cdf(x) - 0.975, lo_b, hi_b)
         return mean, lo, hi, mem
@@ -158,7 +162,8 @@ class Forecast:
         best = self.fit(self.chosen)
         blo, bhi = (float(v[0]) for v in best.interval([q]))
         others = [(w, f.model.name, mu) for w, f, mu, _ in mem if f.model.name != self.chosen]
-        if sum(w for w, _, _ in others) >= DISAGREE_WEIGHT:
+        if sum(w for w, _, _ in others) >= DISAGREE_WEIGHT or \
+                any(not (blo <= math.exp(mu) <= bhi) for _, _, mu in others):
             row["flags"].append("averaged: " + ", ".join(f"{nm} (w={w:.2f})" for w, nm, _ in others))
         if any(w >= DISAGREE_WEIGHT and not (blo <= math.exp(mu) <= bhi) for w, _, mu in others):
             row["flags"].append("models_disagree")
@@ -250,13 +255,15 @@ def forecast(n, t, scaling: str = "strong", *, extra: Sequence[Model] = (), labe
         fc.refused = (f"poor fit: no model describes these times (best R² = {top:.3f} < {POOR_R2})"
                       if math.isfinite(top) else "poor fit: the speedups cannot be fitted")
         return fc
-    passed = [f for f in good if tests[f.model.name] is None or tests[f.model.name].passed]
+    passed = [f for f in good if (tests[f.model.name] is None or tests[f.model.name].passed)
+              and math.isfinite(f.aicc)]
     if not passed:
-        worst = {f.model.name: max(abs(z) for z in tests[f.model.name].z) for f in good}
+        worst = {f.model.name: max(abs(z) for z in tests[f.model.name].z) for f in good
+                 if tests[f.model.name] is not None}
         fc.refused = ("no model predicted its own largest N when it was left out "
                       f"(backtest |z| > {BACKTEST_MAX_Z:g}: " +
                       ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items(), key=lambda kv: kv[1])[:3])
-                      + ")")
+                      + ")") if worst else "no model could be fitted to these times"
         return fc
     amin = min(f.aicc for f in passed)
     w = {f.model.name: math.exp(-(f.aicc - amin) / 2) for f in passed}
@@ -273,11 +280,21 @@ def forecast(n, t, scaling: str = "strong", *, extra: Sequence[Model] = (), labe
 
 
 def _distinct(fits: list[ModelFit]) -> list[ModelFit]:
-    """Drop fits that came out the same curve as a simpler one (an extra term fitted at 0, or
-    a + b/N + c·(N−1)/N with b ≥ c, which is Amdahl again): a simpler candidate with a penalty."""
+    """Keep the candidates the data support: drop a fit whose extra term (over a simpler candidate
+    it contains) is not distinguishable from 0 (|coefficient| < MIN_TERM_Z standard errors: the data
+    do not show that term), and a fit that came out the same curve as a simpler one (e.g.
+    a + b/N + c·(N−1)/N with b ≥ c, which is Amdahl again)."""
     probe = np.array([1.0, 2.0, 3.0, 5.0, 7.0, 16.0, 100.0, 1e4])
     kept: list[tuple[ModelFit, np.ndarray]] = []
+    simpler = [set(f.model.terms) for f in fits if f.model.terms]
     for f in sorted(fits, key=lambda f: f.k):
+        terms = set(f.model.terms)
+        base = max((b for b in simpler if b < terms), key=len, default=None)
+        if base is not None:
+            extra = [i for i, t in enumerate(f.model.terms) if t not in base]
+            se = np.sqrt(np.maximum(np.diag(f.cov), 0.0))
+            if any(not (f.theta[i] > MIN_TERM_Z * se[i]) for i in extra):
+                continue
         curve = f.log_mean(probe * max(f.nmax / 8.0, 1.0))
         if not any(np.allclose(curve, c, rtol=0, atol=1e-6) for _, c in kept):
             kept.append((f, curve))

@@ -130,12 +130,17 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
                "Gustafson S(N) = N − (N − 1)(1 − P). "
                "P is fitted on every repetition (T(N) = T1·g(N; P), log-space least squares, T1 free); "
                "the 95% CI is from the fit's covariance (Student t), the bootstrap CI from resampling "
-               "repetitions within each N. Karp–Flatt e(N) = (1/S − 1/N)/(1 − 1/N).", ""]
+               "repetitions within each N. Karp–Flatt e(N) = (1/S − 1/N)/(1 − 1/N). "
+               "Predictions are `hpc predict`'s: the model of the family (the law plus communication "
+               "terms) that predicts its own left-out largest N, with 95% prediction intervals; a "
+               "curve where no model does gets no prediction.", ""]
         skipped: list[str] = []
+        split: list[str] = []
         try:
-            fits = scaling.fit_records(scal, bootstrap=bootstrap, skipped=skipped)
+            fits = scaling.fit_records(scal, bootstrap=bootstrap, skipped=skipped, notes=split)
         except HpcError as e:
             md += [f"No fit possible: {e}", ""]
+        md += [f"- {s}" for s in split] + ([""] if split else [])
         if fits:
             md += [scaling.summary_table(fits).to_markdown()]
             for r in fits:
@@ -145,7 +150,8 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
         md += ["## Plots", ""]
         if fits:
             p = plot.plot_figure(out.parent / f"{stem}-scaling.png", fits=fits,
-                                 title="Speedup and efficiency (points: medians; band: 95% CI)")
+                                 title="Speedup and efficiency (points: medians; band: 95% "
+                                       "prediction interval)")
             md += [f"![speedup and efficiency]({p.name})", ""]
         if coll:
             p = plot.plot_figure(out.parent / f"{stem}-collectives.png", collective=coll,
@@ -184,7 +190,8 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
         except HpcError as e:
             md += [f"Not fitted: {e}", ""]
 
-    md += ["## Reproduce", "", "```", f"hpc fit {path}", f"hpc compare {path} --baseline mpi",
+    md += ["## Reproduce", "", "```", f"hpc fit {path}", f"hpc predict {path} --np 64,512",
+           f"hpc compare {path} --baseline mpi",
            f"hpc plot {path} -o plot.png", f"hpc report {path} -o {out}", "```", ""]
     return "\n".join(md)
 

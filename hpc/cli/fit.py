@@ -15,8 +15,10 @@ _HELP = """\
 Fit Amdahl (strong scaling) or Gustafson (weak scaling) to every repetition, or the α–β
 collective cost model.
 
-PATH is a records file or directory (grouped by kind, algo/sync, size_bytes/model and scaling;
-only status == ok records) or a CSV with columns np,time_s (one row per repetition).
+PATH is a records file or directory (grouped by kind, algo/sync, size_bytes/model and scaling,
+one curve per node count; only status == ok records) or a CSV with columns np,time_s (one row per
+repetition). Predictions (2×, 10×, 100× the largest N) are those of `hpc predict`: the model of the
+family that passes its backtest, with 95% prediction intervals.
 The law defaults to the records' scaling (strong → amdahl, weak → gustafson; CSV → amdahl);
 records of collective benchmarks only are fitted with the α–β cost model.
 
@@ -74,10 +76,13 @@ def _run(args: argparse.Namespace) -> int:
     from hpc.analysis.scaling import fit_path
 
     skipped: list[str] = []
+    notes: list[str] = []  # e.g. a --nodes 1,2 sweep: one curve per node count
     results = fit_path(args.path, law or None, bootstrap=args.bootstrap, seed=args.seed,
-                       skipped=skipped)
+                       skipped=skipped, notes=notes)
     for s in skipped:
         print(f"hpc: note: skipped {s}", file=sys.stderr)
+    for s in notes:
+        print(f"hpc: note: {s}", file=sys.stderr)
     if args.json:
         out = [r.to_dict() for r in results]
         json.dump(out[0] if len(out) == 1 else out, sys.stdout, indent=2, allow_nan=False)
