@@ -1,4 +1,4 @@
-"""`hpc train --sync a,b --reps R`: every scheme R times in one shuffled, recorded order, then a ranking."""
+"""`hpc train --sync a,b --reps R`: every scheme R times in rounds of shuffled, recorded order, then a ranking."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ def test_schemes_side_by_side_interleaved_and_ranked(tmp_path):
     assert proc.returncode == 0, proc.stderr
     recs = records.load(out)
     assert len(recs) == 4 and all(r["order_seed"] == 7 and r["status"] == "ok" for r in recs)
-    expected = [(n, r) for r in range(2) for n in ("ring", "mpi")]
-    random.Random(7).shuffle(expected)
+    shuffle, expected = random.Random(7).shuffle, []
+    for rep in range(2):  # rounds: each scheme once per round, the round's order shuffled
+        names = ["ring", "mpi"]
+        shuffle(names)
+        expected += [(n, rep) for n in names]
     assert [(r["sync"], r["rep_in_run"]) for r in sorted(recs, key=lambda r: r["run_index"])] == expected
     assert "Which is fastest" in proc.stdout and "seed 7" in proc.stdout
     assert "\x1b[" not in proc.stdout

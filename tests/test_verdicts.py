@@ -235,3 +235,41 @@ def test_drift_note_says_slower_when_the_reference_ran_slower():
                                           [r for r in b if r["algo"] == "ring"])
     assert any("machine probe" in n and "×1.61 faster in B" in n for n in notes), notes
     assert compare.drift_note(1.7, None, None, 10.0, False).count("slower") == 1
+
+
+# ---------------------------------------------------------------- what `auto` decides from
+
+def test_rounds_of_a_side_by_side_run_are_paired():
+    """`train --sync a,b` runs each scheme once per round: round r of one pairs with round r of the
+    other, so a machine that swings 3× between rounds cannot hide a steady 0.7×."""
+    ring = train_records("ring", 0.9, "strong", nps=(2,), reps=5, seed=1)
+    mpi = train_records("mpi", 0.9, "strong", nps=(2,), reps=5, seed=2)
+    for i, (a, b) in enumerate(zip(ring, mpi)):
+        swing = (1.0, 3.0, 0.4, 2.2, 0.7)[i]
+        for r in (a, b):
+            r.update(order="rounds", order_seed=9, rep_in_run=i, point_id=None)
+            r["provenance"] = dict(r["provenance"], argv=["hpc", "train"], timestamp=f"t{i}{r['sync']}")
+        a["samples_per_s"] *= swing
+        b["samples_per_s"] = a["samples_per_s"] * 0.7
+    (pt,) = ranking.rank_schemes(ring + mpi)
+    assert pt["ranking"][1]["name"] == "mpi" and pt["ranking"][1]["verdict"] == "slower", pt
+    assert ranking.undecided(ring + mpi) == []
+    for r in mpi:
+        r.pop("order")                     # not known to be rounds: unpaired, the swing hides it
+    (pt,) = ranking.rank_schemes(ring + mpi)
+    assert pt["ranking"][1]["verdict"] != "slower"
+    assert ranking.undecided(ring + mpi) == ["mpi at train np=2 mlp (strong)"]
+
+
+def test_settled_is_the_auto_stopping_rule():
+    rng = np.random.default_rng(4)
+    band = math.log1p(0.1)
+    a, b = _paired(rng, 40, 2.0, 0.1)
+    assert stats.settled({"mpi": a[:5], "x": b[:5]}, "mpi", band) == []          # 2×: clear at once
+    a, b = _paired(rng, 200, 1.0, 0.3)
+    assert stats.settled({"mpi": a[:5], "x": b[:5]}, "mpi", band) == ["x"]       # A/A: needs more
+    assert stats.settled({"mpi": a, "x": b}, "mpi", band) == []                  # ... and gets there
+    assert stats.settled({"mpi": a[:2], "x": b[:2]}, "mpi", band) == ["x"]       # under MIN_REPS: never
+    alone = list(np.exp(rng.normal(0, 0.02, 6)))
+    assert stats.settled({"mpi": alone}, "mpi", band) == []
+    assert stats.settled({"mpi": list(np.exp(rng.normal(0, 0.5, 4)))}, "mpi", band) == ["mpi"]

@@ -92,11 +92,15 @@ def samples(recs: list[dict[str, Any]], metric: str) -> list[float]:
 
 
 def _run_key(rec: dict[str, Any]) -> tuple:
-    """Which launch measured a record: a sweep point (all its algorithms in one job), else the run's
-    provenance (one `hpc bench` or `hpc train` invocation)."""
+    """Which launch measured a record: a round of a side-by-side training run (each scheme once), a
+    sweep point (all its algorithms in one job), else the run's provenance (one `hpc bench` or
+    `hpc train` invocation)."""
+    prov = rec.get("provenance") or {}
+    if rec.get("order") == "rounds" and rec.get("order_seed") is not None:  # `train --sync a,b`: one round
+        return ("round", rec.get("sweep_id"), rec.get("point_id"), rec.get("order_seed"),
+                tuple(prov.get("argv") or ()), rec.get("rep_in_run"))
     if rec.get("point_id"):
         return ("point", rec.get("sweep_id"), rec.get("point_id"))
-    prov = rec.get("provenance") or {}
     return ("run", prov.get("timestamp"), tuple(prov.get("argv") or ()))
 
 
@@ -189,11 +193,12 @@ def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
 def _outliers(est: "stats.Estimate", a: list[float], b: list[float]) -> list[dict[str, Any]]:
     """The values the estimate named as outliers: paired, batch/rep i+1 and its ratio B/A; else the
     side, the repetition and its value. `set_aside`: the trimmed mean left it out."""
-    aside = est.trimmed > 0
     if est.paired:
-        return [{"index": i + 1, "ratio": b[i] / a[i], "set_aside": aside} for i in est.outliers]
-    return ([{"side": "A", "index": i + 1, "value": a[i], "set_aside": aside} for i in est.outliers_a]
-            + [{"side": "B", "index": i + 1, "value": b[i], "set_aside": aside} for i in est.outliers])
+        aside = stats.trimmed_away([b[i] / a[i] for i in range(len(a))])
+        return [{"index": i + 1, "ratio": b[i] / a[i], "set_aside": i in aside} for i in est.outliers]
+    aa, ab = stats.trimmed_away(a), stats.trimmed_away(b)
+    return ([{"side": "A", "index": i + 1, "value": a[i], "set_aside": i in aa} for i in est.outliers_a]
+            + [{"side": "B", "index": i + 1, "value": b[i], "set_aside": i in ab} for i in est.outliers])
 
 
 def judge(row: dict[str, Any], band_log: float, drift: float = 1.0) -> None:
@@ -300,6 +305,7 @@ def _row(key: tuple, ra: list[dict], rb: list[dict], metric: str, threshold: flo
         res["a_median"] = float(np.median(samples(ra, m)))
         res["b_median"] = float(np.median(samples(rb, m)))
     res["a_n"], res["b_n"] = reps_a, reps_b
+    res["rep_word"] = "batch" if len(ra) == 1 and len(rb) == 1 else "rep"  # what the outliers' numbers count
     row.update(res)
     return row
 

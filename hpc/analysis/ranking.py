@@ -58,7 +58,8 @@ def _rank_point(pkey: tuple, by: dict[str, list[dict]], metric: str, threshold_p
         gm, lo, hi = log_interval(vals)
         names = ([f"batch {i + 1}" for i in range(len(vals))] if one_bench else
                  [f"rep {r.get('rep_in_run', r.get('rep', i))}" for i, r in enumerate(recs)])
-        own[name] = (vals, gm, lo, hi, [{"rep": names[i], "value": vals[i], "set_aside": len(vals) >= 5}
+        aside = stats.trimmed_away(vals)
+        own[name] = (vals, gm, lo, hi, [{"rep": names[i], "value": vals[i], "set_aside": i in aside}
                                         for i in stats.outliers(np.log(vals))])
     order = sorted(own, key=lambda n: -own[n][1] if higher else own[n][1])
     best = order[0]
@@ -111,6 +112,28 @@ def _left_out(pkey: tuple, points: dict[tuple, dict[str, list[dict]]]) -> list[d
     return out
 
 
+def undecided(records: Iterable[dict[str, Any]], threshold_pct: float = NOISE_BAND_PCT) -> list[str]:
+    """What more repetitions could still settle: each ranked scheme whose verdict against the fastest
+    is not clear yet (stats.decided), and each scheme alone at its point whose own value is not yet
+    known within the band. Empty: stop adding repetitions (`--reps auto`, `hpc sweep --reps auto`)."""
+    from hpc.analysis.compare import choose_metric
+
+    recs = list(records)
+    out = [f"{r['name']} at {pt['point']}" for pt in rank_schemes(recs, threshold_pct=threshold_pct)
+           for r in pt["ranking"][1:] if not r["decided"]]
+    points: dict[tuple, dict[str, list[dict]]] = {}
+    for key, rs in _index(recs).items():
+        points.setdefault(key[1:], {})[key[0]] = rs
+    band = math.log1p(threshold_pct / 100)
+    for pkey, by in points.items():
+        if len(by) == 1:
+            (name, rs), = by.items()
+            field = METRICS[choose_metric(rs)][0]
+            if stats.settled({name: [float(r[field]) for r in rs]}, name, band):
+                out.append(f"{name} at {_point((None, *pkey))}")
+    return out
+
+
 def unranked(records: Iterable[dict[str, Any]]) -> list[str]:
     """Lines naming the schemes no ranking could hold (each alone at its point) and why: for the
     error that says nothing could be ranked."""
@@ -152,7 +175,7 @@ def ranking_notes(pt: dict[str, Any]) -> list[str]:
     for r in pt["ranking"]:
         for o in r.get("outliers") or []:
             tail = ("set aside by the trimmed mean" if o["set_aside"] else
-                    "with under 5 reps nothing is trimmed, so it widens the CI")
+                    "kept (under 5 reps nothing is trimmed; 20% per side from 5), so it widens the CI")
             notes.append(f"{r['name']}: {o['rep']} ({fmt(o['value'])}) stands apart from its other "
                          f"reps (an outlier): {tail}")
         if r["verdict"] == "same as fastest" and not r.get("decided") and r.get("needs_reps") \

@@ -93,6 +93,16 @@ def trimmed_mean(values) -> tuple[float, float, int]:
     return tm, float(w.var(ddof=1)), g
 
 
+def trimmed_away(values) -> set[int]:
+    """Indices of the values the trimmed mean leaves out (the g smallest and the g largest)."""
+    import numpy as np
+
+    n = len(values)
+    g = _trim_count(n)
+    order = np.argsort(np.asarray(values, dtype=float), kind="stable")
+    return {int(i) for i in order[:g]} | {int(i) for i in order[n - g:]} if g else set()
+
+
 def one_sample(values) -> tuple[float, float, float, int]:
     """Yuen's trimmed-mean estimate of a sample's centre: (estimate, se, df, trimmed per side)."""
     n = len(values)
@@ -202,3 +212,20 @@ def reps_needed(est: Estimate, band: float, cap: int = 10_000) -> int | None:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if enough(mid) else (mid, hi)
     return hi
+
+
+def settled(values: dict[str, list[float]], reference: str, band: float, paired: bool = True) -> list[str]:
+    """The names whose comparison with `reference` is not yet decided (`decided`), from their values
+    so far (times, or any positive figure; paired: value i of each was measured together). Alone,
+    the reference is settled once its own interval is within ±band. The stopping rule of
+    `--batches auto`, `--reps auto` and `hpc sweep --reps auto`."""
+    import numpy as np
+
+    ref = values[reference]
+    others = [n for n in values if n != reference]
+    if not others:
+        _, se, df, _ = one_sample(np.log(np.asarray(ref, dtype=float)))
+        return [] if len(ref) >= MIN_REPS and t_quantile(df) * se <= band else [reference]
+    return [n for n in others
+            if min(len(ref), len(values[n])) < MIN_REPS
+            or not decided(estimate(ref, values[n], paired and len(ref) == len(values[n])), band)]

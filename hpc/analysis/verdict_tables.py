@@ -38,21 +38,24 @@ def verdict_notes(rows: list[dict[str, Any]], rep_word: str = "reps") -> list[st
     """Notes under a verdict table: the outliers each estimate named (and whether the trimmed mean set
     them aside), and the points a few more repetitions would decide."""
     notes = []
-    named = []
+    aside, kept = [], []
     for r in rows:
-        for o in r.get("outliers") or []:
-            what = (f"{rep_word[:-1]} {o['index']} ({o['ratio']:.2f}×)" if "ratio" in o else
-                    f"{o['side']} {rep_word[:-1]} {o['index']} ({_fmt_value(o['value'], r['unit'])})")
-            named.append((f"{r['point']} {r['name']}: {what}", o["set_aside"]))
-    if named:
-        aside = [w for w, s in named if s]
-        kept = [w for w, s in named if not s]
-        if aside:
-            notes.append("outliers (modified z-score > 3.5), set aside by the trimmed mean: "
-                         + "; ".join(aside[:6]) + (" …" if len(aside) > 6 else ""))
-        if kept:
-            notes.append(f"outliers that still widen their interval (under 5 {rep_word}, nothing is trimmed): "
-                         + "; ".join(kept[:6]) + (" …" if len(kept) > 6 else ""))
+        outl = r.get("outliers") or []
+        if not outl:
+            continue
+        word = r.get("rep_word", "rep")
+        what = ", ".join(f"{o['index']} ({o['ratio']:.2f}×)" if "ratio" in o else
+                         f"{o['side']} {o['index']} ({_fmt_value(o['value'], r['unit'])})" for o in outl[:4])
+        line = f"{r['point']} {r['name']}: {word}{'es' if word == 'batch' and len(outl) > 1 else ''}" \
+               f"{'s' if word == 'rep' and len(outl) > 1 else ''} {what}{' …' if len(outl) > 4 else ''}"
+        (aside if outl[0]["set_aside"] else kept).append(line)
+    if aside:
+        notes.append("outliers (modified z-score > 3.5), set aside by the trimmed mean — "
+                     + "; ".join(aside[:6]) + (" …" if len(aside) > 6 else ""))
+    if kept:
+        notes.append(f"outliers that still widen their interval (under 5 {rep_word} nothing is trimmed; "
+                     "20% per side from 5) — "
+                     + "; ".join(kept[:6]) + (" …" if len(kept) > 6 else ""))
     open_ = [r for r in rows if r["verdict"] == "same" and not r.get("decided") and r.get("needs_reps")
              and abs(math.log(r["ratio"])) > math.log1p(r["band_pct"] / 100)]
     if open_:

@@ -26,6 +26,19 @@ def int_min(lo: int) -> Callable[[str], int]:
 positive_int = int_min(1)
 
 
+def count_or_auto(lo: int) -> Callable[[str], int | str]:
+    """argparse type of --reps/--batches: an integer >= lo, or 'auto' (repetitions are added until the
+    verdicts are clear, within --max-reps/--max-time)."""
+    def parse(text: str) -> int | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return int_min(lo)(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo} or 'auto', got {text!r}") from None
+    return parse
+
+
 def float_pos(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:

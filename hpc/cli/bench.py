@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import add_np_argument, float_pos, int_min, options
+from hpc.cli.args import add_np_argument, count_or_auto, float_pos, int_min, options
 from hpc.workloads import bench
 from hpc.workloads.bench import DTYPES, OPS
 
@@ -19,8 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dtype", default="float32", choices=DTYPES)
     c.add_argument("--op", default="SUM", type=str.upper, choices=OPS)
     c.add_argument("--iters", type=int_min(0), default=0, help="iterations per batch (default: by size)")
-    c.add_argument("--batches", type=int_min(1), default=5,
-                   help="timed batches per size, each kept (default 5)")
+    c.add_argument("--batches", type=count_or_auto(1), default=5,
+                   help="timed batches per size, each kept (default 5); 'auto': from 5, add batches until "
+                        "every algorithm's verdict against mpi (else the first) is clear, within "
+                        f"--max-reps/--max-time")
+    c.add_argument("--max-reps", type=int_min(bench.AUTO_MIN), default=None, metavar="K",
+                   help=f"--batches auto: at most K batches per size (default {bench.AUTO_MAX_REPS})")
+    c.add_argument("--max-time", type=float_pos, default=None, metavar="S",
+                   help=f"--batches auto: no new batch after S seconds at a size (default {bench.AUTO_MAX_TIME:g})")
     c.add_argument("--warmup", type=int_min(0), default=3, help="untimed calls per size (default 3)")
     c.add_argument("--target-time", type=float_pos, default=0.05,
                    help="seconds one batch should take when --iters is not given (default 0.05)")
@@ -33,5 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cuda: buffers on the rank's GPU, into a CUDA-aware MPI or through pinned host "
                         "staging; `ring` reduces on the GPU (default cpu)")
     add_np_argument(c, default_timeout=3600)
-    c.set_defaults(func=lambda a: bench.run(options(bench.BenchConfig, a)),
-                   precheck=lambda a, here=True: bench.precheck(options(bench.BenchConfig, a)))
+    c.set_defaults(func=lambda a: bench.run(_config(a)), precheck=lambda a, here=True: bench.precheck(_config(a)))
+
+
+def _config(args: argparse.Namespace) -> bench.BenchConfig:
+    auto = args.batches == "auto"
+    return options(bench.BenchConfig, args, batches=bench.AUTO_MIN if auto else args.batches, batches_auto=auto)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import float_pos, positive_int
+from hpc.cli.args import count_or_auto, float_pos, positive_int
 from hpc.errors import HpcError
 from hpc.sweep import LAUNCHERS
 from hpc.sweep.command import RunSpec
@@ -48,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--np", required=True, metavar="N,N,...", help="rank counts, increasing (e.g. 1,2,4)")
     p.add_argument("--nodes", metavar="K,K,...", help="node counts (Slurm only; default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (resumable)")
-    p.add_argument("--reps", type=positive_int, default=1, help="repetitions of every point (default 1)")
+    p.add_argument("--reps", type=count_or_auto(1), default=1,
+                   help="repetitions of every point (default 1); 'auto': 3, then more for each rank count "
+                        "whose verdicts are not clear yet, within --max-reps/--max-time")
+    p.add_argument("--max-reps", type=positive_int, default=None, metavar="K",
+                   help="--reps auto: at most K repetitions of a point (default 10)")
+    p.add_argument("--max-time", type=float_pos, default=None, metavar="S",
+                   help="--reps auto: no new repetition after S seconds (default: no limit)")
     p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local")
     p.add_argument("--point-timeout", type=float_pos, default=900.0, metavar="S",
                    help="a point running longer is killed and recorded as timeout (default 900)")
@@ -149,7 +155,7 @@ def parse_run(words: list[str]) -> RunSpec:
 def run(args: argparse.Namespace) -> int:
     from hpc import records
     from hpc.sweep import run_sweep
-    from hpc.sweep.plan import parse_counts
+    from hpc.sweep.plan import AUTO_MIN_REPS, parse_counts
 
     records.check_writable(args.out, "sweep directory (--out)", directory=True)
     workload = list(args.workload)
@@ -158,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     failed = run_sweep(
         args.scaling, workload, nps=parse_counts(args.np, "np"), out=args.out,
         validate=args.parse_workload,  # the whole CLI's parser: a typo is one line before anything runs
-        nodes=parse_counts(args.nodes, "nodes") if args.nodes else [1], reps=args.reps,
+        nodes=parse_counts(args.nodes, "nodes") if args.nodes else [1],
+        reps=AUTO_MIN_REPS if args.reps == "auto" else args.reps, reps_auto=args.reps == "auto",
+        max_reps=args.max_reps, max_time=args.max_time,
         launcher=args.launcher, point_timeout=args.point_timeout, dry_run=args.dry_run,
         partition=args.partition, account=args.account, time=args.time,
         slurm_launcher=args.slurm_launcher, no_chain=args.no_chain, run=spec,

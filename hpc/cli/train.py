@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hpc.cli.args import add_np_argument, float_min, float_pos, int_min, options
+from hpc.cli.args import add_np_argument, count_or_auto, float_min, float_pos, int_min, options
 from hpc.workloads import train
 from hpc.workloads.models import MODELS
 from hpc.workloads.train import SCALINGS
@@ -29,8 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ring|ps|ps-async|auto|mpi|horovod|ddp|deepspeed-zero1|2|3, or any collective "
                         "SPEC (module:func, file.py:func, entry point) for own bucketed sync (default ring); "
                         "a list runs side by side, interleaved, and ends with a 'which is fastest' table")
-    p.add_argument("--reps", type=int_min(1), default=1,
-                   help="runs of every scheme, in one shuffled order (default 1)")
+    p.add_argument("--reps", type=count_or_auto(1), default=1,
+                   help="runs of every scheme, in rounds of shuffled order (default 1); 'auto': from 3 rounds, "
+                        "add rounds until every scheme's verdict against the fastest is clear, within "
+                        "--max-reps/--max-time")
+    p.add_argument("--max-reps", type=int_min(3), default=None, metavar="K",
+                   help=f"--reps auto: at most K rounds (default {train.AUTO_MAX_REPS})")
+    p.add_argument("--max-time", type=float_pos, default=None, metavar="S",
+                   help=f"--reps auto: no new round after S seconds (default {train.AUTO_MAX_TIME:g})")
     p.add_argument("--order-seed", type=int, default=None, metavar="SEED",
                    help="seed of the shuffled run order (default random; printed and recorded)")
     p.add_argument("--model", default="mlp", metavar="SPEC",
@@ -102,4 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> train.TrainConfig:
-    return options(train.TrainConfig, args, model_args=tuple(args.model_args or ()))
+    auto = args.reps == "auto"
+    if not auto and (args.max_reps is not None or args.max_time is not None):
+        from hpc.errors import HpcError
+
+        raise HpcError("--max-reps and --max-time bound --reps auto; give --reps auto too")
+    return options(train.TrainConfig, args, model_args=tuple(args.model_args or ()),
+                   reps=train.MIN_AUTO_REPS if auto else args.reps, reps_auto=auto)

@@ -61,11 +61,50 @@ def run_sweep(scaling: str, workload: list[str], *, nps: list[int], out: str, co
     if skipped:
         con.print(f"resuming {plan.out}: {skipped} of {len(plan.points)} points already done")
     failed = runner.run_points(plan, todo, opts, con)
+    if opts.reps_auto:
+        plan, more = _more_reps(plan, opts, runner, con)
+        failed += more
     lock.close()
     if not (opts.dry_run and opts.launcher == "slurm"):
         con.print(f"sweep {plan.sweep_id}: {len(plan.points) - failed}/{len(plan.points)} points ok; "
                   f"records in {plan.out / 'points'}")
     return failed
+
+
+def _more_reps(plan, opts, runner, con) -> tuple:
+    """--reps auto: while some (rank count, node count)'s verdicts are unclear from its repetitions so
+    far, run one more repetition of it (a round at a time, so the rounds still spread over the sweep's
+    time), up to --max-reps and --max-time. Returns the plan with the points added, and the failed ones."""
+    import time
+    from dataclasses import replace
+
+    from hpc import records
+    from hpc.analysis.ranking import undecided
+    from hpc.sweep.plan import AUTO_MAX_REPS, Point
+
+    most, start, failed = opts.max_reps or AUTO_MAX_REPS, time.monotonic(), 0
+    while True:
+        recs = records.load(plan.out / "points", warn=False) if (plan.out / "points").exists() else []
+        todo, capped = [], []
+        for n, k in sorted({(p.np, p.nodes) for p in plan.points}):
+            mine = [r for r in recs if r.get("np") == n and int(r.get("nodes") or 1) == k]
+            done = 1 + max([int(r.get("rep") or 0) for r in mine] or [-1])
+            left = undecided(mine) if mine else []
+            if left and done >= most:
+                capped.append(f"np={n}: {left[0]}")
+            elif left:
+                todo.append(Point(n, k, done))
+                con.print(f"  --reps auto: np={n} nodes={k}: {left[0]}{' …' if len(left) > 1 else ''} "
+                          f"not clear after {done} reps: rep {done}")
+        over = opts.max_time is not None and time.monotonic() - start >= opts.max_time
+        if not todo or over:
+            why = (f"--max-time {opts.max_time:g} s spent" if todo else
+                   f"--max-reps {most} reached, still unclear: {'; '.join(capped[:3])}" if capped else
+                   "every verdict is clear")
+            con.print(f"--reps auto: {why}")
+            return plan, failed
+        plan = replace(plan, points=plan.points + [p for p in todo if p not in plan.points])
+        failed += runner.run_points(plan, todo, opts, con)
 
 
 def _lock(out):

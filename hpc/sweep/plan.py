@@ -107,7 +107,10 @@ class SweepOptions:
     nps: list[int]
     out: Path
     nodes: list[int] = field(default_factory=lambda: [1])
-    reps: int = 1
+    reps: int = 1                      # with reps_auto: the first repetitions of every point
+    reps_auto: bool = False            # --reps auto: add repetitions where the verdicts are not clear yet
+    max_reps: int | None = None        # auto: most repetitions of a point (default AUTO_MAX_REPS)
+    max_time: float | None = None      # auto: no new repetition after this many seconds (default: none)
     launcher: str = "local"
     point_timeout: float = 900.0
     dry_run: bool = False
@@ -120,6 +123,12 @@ class SweepOptions:
     mpirun_args: tuple[str, ...] = ()  # extra mpirun arguments (local and Slurm)
     sbatch_lines: tuple[str, ...] = ()  # Slurm: extra `#SBATCH ...` lines
     before: tuple[str, ...] = ()  # Slurm: shell commands run before the launch (module load ...)
+
+
+# `hpc sweep --reps auto`: AUTO_MIN_REPS repetitions of every point, then one more round for each rank and
+# node count whose verdicts (hpc.analysis.ranking.undecided) are not clear, up to AUTO_MAX_REPS.
+AUTO_MIN_REPS = 3
+AUTO_MAX_REPS = 10
 
 
 # Options that only mean something with --launcher slurm: given with local they are refused, not ignored.
@@ -166,6 +175,11 @@ def make_plan(opts: SweepOptions, workload: Sequence[str],
     nodes = opts.nodes if opts.launcher == "slurm" else [1]
     if opts.reps < 1:
         raise HpcError("--reps must be >= 1")
+    if not opts.reps_auto and (opts.max_reps is not None or opts.max_time is not None):
+        raise HpcError("--max-reps and --max-time bound --reps auto; give --reps auto too")
+    if opts.reps_auto and opts.dry_run:
+        raise HpcError("--reps auto decides from the results as they come; it cannot write scripts only "
+                       "(--dry-run): give a number of --reps")
     if not opts.nps or min(opts.nps) < 1:
         raise HpcError("--np needs rank counts >= 1")
     workload = opts.run.workload() if opts.run is not None else list(workload)
@@ -198,7 +212,7 @@ def make_plan(opts: SweepOptions, workload: Sequence[str],
     if not points:
         raise HpcError("no rank count splits evenly over the node counts: check --np and --nodes")
     out.mkdir(parents=True, exist_ok=True)
-    meta = dict(identity, sweep_id=sweep_id, np=nps, nodes=nodes, reps=reps,
+    meta = dict(identity, sweep_id=sweep_id, np=nps, nodes=nodes, reps="auto" if opts.reps_auto else reps,
                 launcher=opts.launcher, kind=kind, hpc_argv=records.command_line())
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,8 +1,10 @@
 """Collective benchmark (`hpc bench collective`): OSU / nccl-tests style timing of allreduce algorithms side by side.
 
 Per size, for every algorithm: a correctness check, warm-up, iterations scaled to the message size;
-then timed batches interleaved across the algorithms (batch b of each, then b+1; every batch kept as
-a repetition). Latency min/avg/max across ranks, algbw = bytes / time and
+then timed batches interleaved across the algorithms (batch b of each in a shuffled order, then b+1;
+every batch kept as a repetition). With `--batches auto` batches are added until every algorithm's
+paired verdict against the reference (`mpi` when listed, else the first) is clear, or the budget
+(`--max-reps`, `--max-time`) runs out. Latency min/avg/max across ranks, algbw = bytes / time and
 busbw = algbw * 2(p-1)/p, the figure that is comparable across rank counts. With `--device cuda` the
 buffers are torch tensors on the rank's GPU, reduced as workloads/device.py says (`mpi`: the device
 buffer into a CUDA-aware MPI; `ring`: additions on the GPU; other SPECs: staged through pinned host
@@ -11,9 +13,10 @@ memory); each record says which (`cuda_path`, `reduce_on`) and carries the GPU i
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +50,17 @@ class BenchConfig:
     json: str | None = None
     case_timeout: float = 120.0
     device: str = "cpu"
+    batches_auto: bool = False      # --batches auto: add batches until the verdicts are clear
+    max_reps: int | None = None     # auto: most batches per size (default AUTO_MAX_REPS)
+    max_time: float | None = None   # auto: most seconds of batches per size (default AUTO_MAX_TIME)
+
+
+# `--batches auto`: start with AUTO_MIN batches (from 5 the trimmed estimate sets an outlier aside), then
+# add one round at a time. On 2 busy cores a 64 KiB-4 MiB point settled within ~10-40 batches
+# (results/verdicts.md); the budget stops a point whose scatter would need far more.
+AUTO_MIN = 5
+AUTO_MAX_REPS = 60
+AUTO_MAX_TIME = 30.0
 
 
 def specs(text: str) -> list[str]:
@@ -75,6 +89,10 @@ def precheck(cfg: BenchConfig) -> None:
     from hpc.plugins import registry
 
     sizes(cfg)
+    if not cfg.batches_auto and (cfg.max_reps is not None or cfg.max_time is not None):
+        raise HpcError("--max-reps and --max-time bound --batches auto; give --batches auto too")
+    if (cfg.max_reps is not None and cfg.max_reps < AUTO_MIN) or (cfg.max_time is not None and cfg.max_time <= 0):
+        raise HpcError(f"--max-reps must be >= {AUTO_MIN} and --max-time > 0")
     if cfg.json:
         records.check_writable(cfg.json, "--json records file")
     if cfg.device not in ("cpu", "cuda"):
@@ -119,10 +137,14 @@ def run(cfg: BenchConfig) -> int:
     nodes = len(prov["hosts"])
     own = {coll.spec: comm.Dup() for coll in colls}  # a stray message cannot reach another algorithm
     rows: list[dict[str, Any]] = []
+    seed = comm.bcast(random.randrange(2**31) if comm.Get_rank() == 0 else None, root=0)
+    shuffle = random.Random(seed).shuffle  # the same order of every round on every rank
+    reference = "mpi" if any(c.name == "mpi" for c in colls) else colls[0].name
+    rounds = max(1, cfg.batches) if not cfg.batches_auto else (cfg.max_reps or AUTO_MAX_REPS)
     watch = Watchdog()
     try:
         with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
-            task = progress.add_task("allreduce", total=len(points) * (len(colls) + max(1, cfg.batches)))
+            task = progress.add_task("allreduce", total=len(points) * (len(colls) + rounds))
             for nbytes in points:
                 bufs = buffers(comm, nbytes, cfg, dev)
                 pts = []
@@ -131,20 +153,30 @@ def run(cfg: BenchConfig) -> int:
                     watch.arm(cfg.case_timeout + 40 * cfg.target_time * (1 + cfg.warmup), f"{coll.name} at {nbytes} B")
                     pts.append(prepare(own[coll.spec], coll, bufs, cfg, dcolls.get(coll.spec)))
                     progress.advance(task)
-                # batch b of every algorithm, then b+1: the machine's drift (load, where the scheduler
-                # put the ranks, which stays for seconds) hits every algorithm alike
-                for b in range(max(1, cfg.batches)):
+                # batch b of every algorithm (in a shuffled order: no algorithm always follows another),
+                # then b+1: the machine's drift (load, where the scheduler put the ranks, which stays
+                # for seconds) hits every algorithm alike
+                stopped, start = None, time.monotonic()
+                for b in range(rounds):
                     progress.update(task, description=f"{nbytes} B: batch {b + 1}")
-                    for pt in pts:
+                    for pt in _shuffled(pts, shuffle):
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
                         pt.batches.append(time_batch(own[pt.coll.spec], pt, bufs))
                         if pt.clobbers:
                             bufs.restore()
                     progress.advance(task)
+                    if cfg.batches_auto:
+                        stopped = _auto_stop(comm, pts, reference, b + 1, time.monotonic() - start, cfg)
+                        if stopped:
+                            break
                 watch.disarm()
                 recs = [record(own[pt.coll.spec], pt, bufs, cfg) for pt in pts]
                 for rec in recs:
-                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes)
+                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes, order_seed=seed)
+                    if cfg.batches_auto:
+                        rec["auto"] = {"unit": "batches", "min": AUTO_MIN, "max_reps": rounds,
+                                       "max_time_s": cfg.max_time or AUTO_MAX_TIME, "reference": reference,
+                                       "stopped": stopped or "max-reps"}
                 rows += recs
                 if comm.Get_rank() == 0 and cfg.json:  # each size's points kept as soon as measured
                     records.append(cfg.json, recs)
@@ -161,6 +193,37 @@ def run(cfg: BenchConfig) -> int:
         raise HpcError(f"{len(failed)} point(s) gave wrong results, first: {failed[0]['algo']} "
                        f"at {failed[0]['size_bytes']} B")
     return 0
+
+
+def _shuffled(pts: list["Point"], shuffle: Any) -> list["Point"]:
+    order = list(pts)
+    shuffle(order)
+    return order
+
+
+def _auto_stop(comm: "MPI.Comm", pts: list["Point"], reference: str, done: int, spent: float,
+               cfg: BenchConfig) -> str | None:
+    """After a round of `--batches auto`: why to stop ("decided", "max-reps", "max-time") or None.
+    Decided on the slowest rank's batches (what the records keep), by rank 0, for every rank."""
+    from mpi4py import MPI
+
+    from hpc.analysis.stats import NOISE_BAND_PCT, settled
+
+    mine = np.array([pt.batches[-1] for pt in pts], dtype=float)
+    slowest = np.empty_like(mine)
+    comm.Allreduce(mine, slowest, op=MPI.MAX)
+    for pt, t in zip(pts, slowest.tolist()):
+        pt.slowest.append(t)
+    why = None
+    if comm.Get_rank() == 0:
+        if done >= AUTO_MIN and not settled({pt.coll.name: pt.slowest for pt in pts}, reference,
+                                             float(np.log1p(NOISE_BAND_PCT / 100))):
+            why = "decided"
+        elif done >= (cfg.max_reps or AUTO_MAX_REPS):
+            why = "max-reps"
+        elif spent >= (cfg.max_time or AUTO_MAX_TIME):
+            why = "max-time"
+    return comm.bcast(why, root=0)
 
 
 def _distinct_names(colls: list[Collective]) -> list[Collective]:
@@ -216,6 +279,7 @@ class Point:
     clobbers: bool  # it changed its sendbuf: restored after each of its batches
     batches: list[float]
     dcoll: Any = None
+    slowest: list[float] = field(default_factory=list)  # --batches auto: each batch's slowest rank
 
 
 def buffers(comm: "MPI.Comm", nbytes: int, cfg: BenchConfig, dev: Any = None) -> Buffers:
@@ -372,13 +436,15 @@ def table(rows: list[dict[str, Any]], p: int):
         where = ", cuda: " + ", ".join(sorted({f"{r['algo']} {r['cuda_path']}, reduced on {r['reduce_on']}"
                                                 for r in rows}))
     t = Table(title=f"allreduce on {p} ranks ({rows[0]['dtype']}, {rows[0]['op']}{where})" if rows else "allreduce")
-    for col in ("algo", "size", "iters", "min us", "avg us", "max us", "algbw GB/s", "busbw GB/s",
+    for col in ("algo", "size", "iters", "batches", "min us", "avg us", "max us", "algbw GB/s", "busbw GB/s",
                 "vs mpi", "check"):
         t.add_column(col, justify="left" if col in ("algo", "check") else "right")
     for r in rows:
         ref = native.get(r["size_bytes"])
         ratio = f"{ref / r['time_s']:.2f}x" if ref and r["time_s"] > 0 and r["algo"] != "mpi" else ""
-        t.add_row(r["algo"], format_size(r["size_bytes"]), str(r["iters"]), _us(r["lat_min_us"]),
+        stop = (r.get("auto") or {}).get("stopped")
+        t.add_row(r["algo"], format_size(r["size_bytes"]), str(r["iters"]),
+                  f"{r['batches']}" + (f" ({stop})" if stop and stop != "decided" else ""), _us(r["lat_min_us"]),
                   _us(r["lat_avg_us"]), _us(r["lat_max_us"]), f"{r['algbw_GBps']:.3f}",
                   f"{r['busbw_GBps']:.3f}", ratio, "ok" if r["correct"] else "[red]WRONG[/]")
     return t

@@ -81,8 +81,18 @@ class TrainConfig:
     save_params: str | None = None
     np: int | None = None
     step_timeout: float = 300.0     # a step (or the first, with set-up) hanging this long ends the job
-    reps: int = 1                   # with a list of schemes: runs of each, interleaved
+    reps: int = 1                   # with a list of schemes: runs of each, interleaved (auto: the first rounds)
     order_seed: int | None = None   # seed of the shuffled run order (random when None; recorded)
+    reps_auto: bool = False         # --reps auto: add rounds until the ranking is clear (or the budget ends)
+    max_reps: int | None = None     # auto: most rounds (default AUTO_MAX_REPS)
+    max_time: float | None = None   # auto: no new round after this many seconds (default AUTO_MAX_TIME)
+
+
+# `--reps auto`: MIN_REPS rounds, then one more while any scheme's verdict against the fastest is unclear
+# (hpc.analysis.ranking.undecided), at most AUTO_MAX_REPS rounds and no new round after AUTO_MAX_TIME s.
+MIN_AUTO_REPS = 3
+AUTO_MAX_REPS = 10
+AUTO_MAX_TIME = 900.0
 
 
 # -- validation (no MPI, no torch: runs in the parent before mpirun and again on every rank) ------
@@ -259,16 +269,19 @@ def run(tc: TrainConfig) -> int:
     if tc.reps < 1:
         raise HpcError(f"--reps must be >= 1, got {tc.reps}")
     names = schemes(tc)
-    if len(names) == 1 and tc.reps == 1:
+    if len(names) == 1 and tc.reps == 1 and not tc.reps_auto:
         run_one(tc)
         return 0
     return run_side_by_side(tc, names)
 
 
 def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
-    """Every scheme `reps` times in one shuffled, interleaved order (so the machine's drift hits all
-    alike), the order's seed recorded; then the ranked "which is fastest" table on rank 0."""
+    """Every scheme `reps` times, in rounds (each scheme once per round, in a shuffled order, so the
+    machine's drift hits all alike and round r of one scheme pairs with round r of another), the
+    order's seed recorded; with --reps auto, rounds until the ranking is clear; then the ranked
+    "which is fastest" table on rank 0."""
     import random
+    import time
 
     from hpc.analysis.ranking import rank_schemes, ranking_tables
     from hpc.comm import console, world
@@ -276,33 +289,65 @@ def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
 
     comm = world()
     seed = tc.order_seed if tc.order_seed is not None else comm.bcast(random.randrange(2**31), root=0)
-    order = [(name, rep) for rep in range(tc.reps) for name in names]
-    random.Random(seed).shuffle(order)
+    shuffle = random.Random(seed).shuffle
+    rounds = (tc.max_reps or AUTO_MAX_REPS) if tc.reps_auto else tc.reps
     out = console(comm, stderr=tc.json == "-")
-    out.print(f"{len(order)} runs ({', '.join(names)} × {tc.reps}) in a shuffled order, seed {seed} "
-              f"(--order-seed {seed} repeats it)")
+    auto = {"unit": "reps", "min": tc.reps, "max_reps": rounds, "max_time_s": tc.max_time or AUTO_MAX_TIME}
+    out.print((f"rounds of {', '.join(names)} (--reps auto: from {tc.reps} until the ranking is clear, at most "
+               f"{rounds} rounds or {auto['max_time_s']:g} s)" if tc.reps_auto else
+               f"{len(names) * tc.reps} runs ({', '.join(names)} × {tc.reps}) in rounds")
+              + f", each round in a shuffled order, seed {seed} (--order-seed {seed} repeats it)")
     done: list[dict[str, Any]] = []
-    for i, (name, rep) in enumerate(order):
-        try:
-            extra = {"order_seed": seed, "run_index": i, "rep_in_run": rep}
-            if env.get("HPC_REP") is None:  # not a sweep point: the repetition is this run's
-                extra["rep"] = rep
-            rec = run_one(replace(tc, sync=name, reps=1, save_params=None), brief=True, extra=extra)
-        except HpcError as exc:  # say which scheme of the list failed (the records so far are kept)
-            err = HpcError(f"--sync {name} (run {i + 1} of {len(order)}): {exc}")
-            err.exit_code = exc.exit_code
-            raise err from None
-        except Exception as exc:
-            raise HpcError(f"--sync {name} (run {i + 1} of {len(order)}): {type(exc).__name__}: {exc}") from None
-        if rec is not None:
-            done.append(rec)
-            out.print(f"  [{i + 1}/{len(order)}] {name:<16} rep {rep}: {rec['steps_per_s']:.2f} steps/s, "
-                      f"{rec['samples_per_s']:.1f} samples/s")
+    i, total, start = 0, len(names) * rounds, time.monotonic()
+    for rep in range(rounds):
+        order = list(names)
+        shuffle(order)
+        for name in order:
+            try:
+                extra = {"order_seed": seed, "order": "rounds", "run_index": i, "rep_in_run": rep}
+                if tc.reps_auto:
+                    extra["auto"] = auto
+                if env.get("HPC_REP") is None:  # not a sweep point: the repetition is this run's
+                    extra["rep"] = rep
+                rec = run_one(replace(tc, sync=name, reps=1, reps_auto=False, save_params=None), brief=True,
+                              extra=extra)
+            except HpcError as exc:  # say which scheme of the list failed (the records so far are kept)
+                err = HpcError(f"--sync {name} (run {i + 1} of {total}): {exc}")
+                err.exit_code = exc.exit_code
+                raise err from None
+            except Exception as exc:
+                raise HpcError(f"--sync {name} (run {i + 1} of {total}): {type(exc).__name__}: {exc}") from None
+            i += 1
+            if rec is not None:
+                done.append(rec)
+                out.print(f"  [{i}/{total}] {name:<16} rep {rep}: {rec['steps_per_s']:.2f} steps/s, "
+                          f"{rec['samples_per_s']:.1f} samples/s")
+        if tc.reps_auto and rep + 1 >= tc.reps and _auto_stop(comm, out, done, rep + 1, rounds,
+                                                               time.monotonic() - start, auto["max_time_s"]):
+            break
     if comm.Get_rank() == 0:
         ranked = rank_schemes(done)
         if ranked:
             print_tables(ranking_tables(ranked), file=sys.stderr if tc.json == "-" else None)
     return 0
+
+
+def _auto_stop(comm: "MPI.Comm", out, done: list[dict[str, Any]], rounds: int, most: int, spent: float,
+               max_time: float) -> bool:
+    """--reps auto, after a round: stop when every verdict is clear or the budget is spent (rank 0
+    decides from the records, which only it holds; every rank follows)."""
+    from hpc.analysis.ranking import undecided
+
+    why = None
+    if comm.Get_rank() == 0:
+        left = undecided(done)
+        why = ("every verdict is clear" if not left else
+               f"{most} rounds done, still unclear: {', '.join(left[:3])}" if rounds >= most else
+               f"{max_time:g} s spent, still unclear: {', '.join(left[:3])}" if spent >= max_time else None)
+    why = comm.bcast(why, root=0)
+    if why:
+        out.print(f"--reps auto: stopped after {rounds} rounds ({why})")
+    return why is not None
 
 
 def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
