@@ -119,15 +119,15 @@ def test_prediction_intervals_cover_about_95_percent_when_the_model_is_right():
         rng = np.random.default_rng(1000 + seed)
         for q in (16, 32):
             r = fc.row(q)
-            if r["time_s"] is None:  # a chance contention term makes 32 too uncertain: said, not hidden
-                assert "too far out" in r["reason"]
+            if r["time_s"] is None:  # a contention term the noise cannot exclude makes 32 too uncertain
+                assert "too far out" in r["reason"] and q == 32
                 refused += 1
                 continue
             lo, hi = r["pi95"]
             new = amdahl(q) * math.exp(0.03 * rng.standard_normal())
             inside.append(lo <= new <= hi)
             widths.append(math.log(hi / lo) / 2 / 1.96 / 0.03)  # half-width over the noise alone
-    assert refused <= 6
+    assert refused <= 12  # 200 seeds: 7%
     assert np.mean(inside) >= 0.90, np.mean(inside)
     assert np.median(widths) < 2.0, np.median(widths)  # covering, but not by being uselessly wide
 

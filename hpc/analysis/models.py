@@ -6,6 +6,7 @@ physics: every coefficient is ≥ 0, so a term can only add time. Strong scaling
     amdahl+log     a + b/N + c·log2 N            (tree / recursive-doubling collectives, α terms)
     amdahl+N       a + b/N + c·N                 (contention, ring α term 2(N−1)α; optimum N)
     amdahl+NlogN   a + b/N + c·N·log2 N          (all-to-all-like growth)
+    amdahl+N2      a + b/N + c·N²                (every pair over one shared link)
     amdahl+ring    a + b/N + c·(N−1)/N           (ring / reduce-scatter β term on a fixed buffer)
 Weak scaling (fixed work per rank): a constant, Gustafson's T1·N/(1 + (N−1)P) and const+{log, N,
 NlogN, ring}.
@@ -290,6 +291,38 @@ def _free(model: Model, theta: np.ndarray) -> np.ndarray:
     if model.name == "gustafson":
         return np.array([True, 0.0 < theta[1] < 1.0])
     return theta > 0
+
+
+OUTLIER_SIGMAS = 6.0     # a run this many robust SDs from its N's median is interference, not noise
+OUTLIER_FLOOR = 0.05     # ... and at least 5% away (sleep-precise programs have tiny SDs)
+OUTLIER_MAX_SHARE = 0.1  # more outliers than this: the noise is heavy-tailed, keep every run
+
+
+def screen_outliers(n, t) -> tuple[np.ndarray, list[str]]:
+    """Mask of the runs to fit, and a note per run left out: on a shared machine a run now and then
+    takes 2× longer (a stalled node, a neighbour's job); one such run in 30 would otherwise inflate
+    the noise estimate and hide real terms. Only N with ≥ 3 runs are screened, against the pooled
+    median absolute deviation of log time."""
+    n = np.asarray(n, dtype=float)
+    y = np.log(np.asarray(t, dtype=float))
+    keep = np.ones(n.size, dtype=bool)
+    dev = np.full(n.size, np.nan)
+    for v in np.unique(n):
+        g = n == v
+        if g.sum() >= 3:
+            dev[g] = y[g] - np.median(y[g])
+    d = dev[np.isfinite(dev)]
+    if d.size < 6:
+        return keep, []
+    sigma = 1.4826 * float(np.median(np.abs(d)))
+    bad = np.isfinite(dev) & (np.abs(dev) > max(OUTLIER_SIGMAS * sigma, OUTLIER_FLOOR))
+    if not bad.any() or bad.sum() > OUTLIER_MAX_SHARE * d.size:
+        return keep, []
+    keep &= ~bad
+    notes = [f"left out 1 outlier run at np={int(n[i])}: {math.exp(y[i]):.4g} s against its N's median "
+             f"{math.exp(y[i] - dev[i]):.4g} s ({abs(dev[i]) / max(sigma, 1e-12):.0f} robust SDs)"
+             for i in np.flatnonzero(bad)]
+    return keep, notes
 
 
 def r2_speedup(fit: ModelFit, n, t, weak: bool) -> float:

@@ -54,6 +54,9 @@ def main() -> None:
     t0 = time.perf_counter()
     time.sleep(t)
     mine = time.perf_counter() - t0
+    # Rest before talking: ranks that wait in MPI busy-poll, and on an oversubscribed machine they
+    # would keep the ranks still waking up off the cores, adding a delay that grows with N.
+    time.sleep(0.2)
     slowest = comm.reduce(mine, op=MPI.MAX, root=0)
     if comm.rank == 0:
         print(f"time={slowest:.6f}", flush=True)
