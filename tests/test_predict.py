@@ -392,3 +392,26 @@ def test_real_slurm_sweep_predicts(slurm_cluster, tmp_path):
     row = json.loads(proc.stdout)[0]
     truth = law_time(6, 0.05, 0.6, False, log=0.02)
     assert row["time_s"] == pytest.approx(truth, rel=0.1) and row["pi95"][0] < row["time_s"] < row["pi95"][1]
+
+
+# ---------------------------------------------------------------- the peer tool, on the same data
+
+EXTRAP = Path(os.environ.get("EXTRAP_PYTHON", "/work/extrap-venv/bin/python"))
+
+
+@pytest.mark.skipif(not EXTRAP.exists(), reason="Extra-P's venv is absent (python3 -m venv /work/extrap-venv "
+                                               "&& /work/extrap-venv/bin/pip install extrap)")
+@pytest.mark.parametrize("law", [with_log, contention], ids=["log", "contention"])
+def test_at_least_as_good_as_extrap_on_the_same_sweep(tmp_path, law):
+    """Extra-P 4.2.5 (negative exponents allowed, its best setting for 1/N laws) and hpc predict on
+    the same N ≤ 8 records, scored at N = 12–32 against the law."""
+    from tests.bench_predict import extrap
+
+    d = write_dir(tmp_path / "runs", run_records(law, [1, 2, 3, 4, 6, 8], reps=5, seed=11))
+    theirs = extrap(d, list(HELD), str(EXTRAP), {"allow_negative_exponents": True})
+    assert theirs and "pred" in theirs, theirs
+    rows = predict_rows(forecast_path(d), list(HELD))
+    ours = np.mean([abs(r["time_s"] / law(r["np"]) - 1) for r in rows])
+    peer = np.mean([abs(theirs["pred"][str(q)] / law(q) - 1) for q in HELD])
+    assert ours <= peer + 0.01, (ours, peer, theirs["model"])
+    assert all(r["pi95"][0] <= law(r["np"]) <= r["pi95"][1] for r in rows)
