@@ -1,27 +1,22 @@
-"""The process-wide part of hpc.torch: init/shutdown, ranks, the collective, reduce ops.
+"""The process-wide part of hpc.torch: the session state, ranks, the collective, reduce ops, build probes.
 
-Horovod's API is module-level functions, so hpc.torch keeps one `_State` (a duplicate of the world
-communicator, the loaded collective, the local layout) created by `init()`. The collective comes
-from `init(collective=...)`, else HPC_COLLECTIVE, else `auto`; a non-built-in one is verified
-against native MPI on its first use (every rank uses it at the same call, so verification, which is
-collective, lines up).
+Horovod's API is module-level functions, so hpc.torch keeps one `_State` created by `init()` (_session): a
+duplicate of the world communicator for what the main thread runs itself, the registered process
+sets, the loaded collective and the background thread that negotiates and runs named collectives
+(_runtime). The collective comes from `init(collective=...)`, else HPC_COLLECTIVE, else `auto`; a
+plug-in is verified against native MPI (hpc.plugins.verify) on the communicator, dtype and sizes it
+is about to be used with, before its first use (every rank reaches that point together).
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import sys
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
-from hpc.errors import HpcError
+from hpc.torch._errors import HorovodInternalError, NotInitializedError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
-    import torch
     from mpi4py import MPI
 
     from hpc.plugins.registry import Collective
@@ -37,84 +32,31 @@ Max = 4
 Product = 5
 _OP_NAMES = {Average: "Average", Sum: "Sum", Adasum: "Adasum", Min: "Min", Max: "Max", Product: "Product"}
 
-# dtypes every plug-in must reduce (the contract) plus float16 after its own check; others are widened.
-_DIRECT = ("float32", "float64", "int32", "int64", "float16")
-
-
-class NotInitializedError(HpcError, ValueError):
-    """hpc.torch used before init() (a ValueError, as Horovod raises)."""
-
 
 @dataclass
 class _State:
-    comm: "MPI.Comm"            # hpc.torch's own duplicate of the world communicator
+    comm: "MPI.Comm"            # hpc.torch's duplicate of the world communicator (main thread only)
     coll: "Collective"
     local_rank: int
     local_size: int
-    verified: set[str] = field(default_factory=set)  # dtypes the collective was checked on
-    engines: list[Any] = field(default_factory=list)
+    verified: dict[Any, set[str]] = field(default_factory=dict)  # (comm id) -> dtypes checked there
+    engines: list[Any] = field(default_factory=list)      # the BucketEngines of DistributedOptimizers
+    grads: list[Any] = field(default_factory=list)        # their _optimizer._GradEngine (agreement)
     step_times: list[float] = field(default_factory=list)  # perf_counter at each synchronised step
     info: dict[str, Any] = field(default_factory=dict)     # optimizer settings for the record
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sets: dict[int, Any] = field(default_factory=dict)     # process set id -> _process_sets.SetInfo
+    next_set_id: int = 1
+    runtime: Any = None                                    # _runtime.Runtime
 
 
 _state: _State | None = None
 
 
-def init(collective: str | None = None, comm: "MPI.Comm | None" = None) -> None:
-    """Start hpc.torch on `comm` (default MPI.COMM_WORLD) with collective SPEC (default: HPC_COLLECTIVE,
-    else auto). Calling it again is a no-op, as in Horovod."""
+def set_state(st: _State | None) -> None:
+    """Install (init) or drop (shutdown) the session; _session does both."""
     global _state
-    if _state is not None:
-        return
-    if collective is not None and not isinstance(collective, str):  # Horovod's init(comm) positionally
-        collective, comm = None, collective
-    from hpc.env import get
-
-    spec = collective or get("HPC_COLLECTIVE") or DEFAULT_COLLECTIVE
-    if "mpi4py.MPI" not in sys.modules:
-        # Open MPI's UCX one-sided component prints an error line per rank whenever a shared window is
-        # created (shm, auto); the sm component works silently. Only possible before MPI_Init.
-        os.environ.setdefault("OMPI_MCA_osc", "^ucx")
-    from mpi4py import MPI
-
-    from hpc.plugins import registry
-    from hpc.workloads.sync.base import local_layout
-
-    _install_excepthook()  # from here on, an exception on one rank ends the job with one line
-    base = comm if comm is not None else MPI.COMM_WORLD
-    coll = registry.load(spec)
-    lr, ls = local_layout(base)
-    _state = _State(comm=base.Dup(), coll=coll, local_rank=lr, local_size=ls)
-    if coll.builtin:
-        _state.verified.update(("float32", "float64", "int32", "int64", "float16"))
-    atexit.register(_at_exit)
-
-
-def shutdown() -> None:
-    """Write the HPC_RECORD record (if asked), stop the gradient threads, free the communicator."""
-    global _state
-    st = _state
-    if st is None:
-        return
-    try:
-        from hpc.torch._record import write_record
-
-        write_record(st)
-    finally:
-        for eng in st.engines:
-            eng.close()
-        st.engines.clear()
-        from hpc.comm import mpi_active
-
-        if mpi_active():
-            st.comm.Free()
-        _state = None
-
-
-def _at_exit() -> None:
-    if _state is not None:
-        shutdown()
+    _state = st
 
 
 def is_initialized() -> bool:
@@ -152,6 +94,11 @@ def cross_size() -> int:
     return max(1, size() // max(1, local_size()))
 
 
+def is_homogeneous() -> bool:
+    """True when every node runs the same number of ranks."""
+    return size() % max(1, local_size()) == 0
+
+
 def mpi_threads_supported() -> bool:
     from mpi4py import MPI
 
@@ -159,6 +106,7 @@ def mpi_threads_supported() -> bool:
     return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
 
+# Build probes: what this hpc.torch has (they work before init, as Horovod's do).
 def mpi_built() -> bool:
     return True
 
@@ -175,7 +123,15 @@ def gloo_enabled() -> bool:
     return False
 
 
-def nccl_built() -> bool:
+def nccl_built() -> int:
+    return 0
+
+
+def ddl_built() -> bool:
+    return False
+
+
+def ccl_built() -> bool:
     return False
 
 
@@ -187,51 +143,43 @@ def rocm_built() -> bool:
     return False
 
 
+def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
+    """Horovod's timeline is not recorded by hpc.torch (refused with Horovod's error type)."""
+    state()
+    raise ValueError("hpc.torch does not record a Horovod timeline (use HPC_RECORD for step times)")
+
+
+def stop_timeline() -> None:
+    state()
+
+
 def collective_spec() -> str:
     """The SPEC gradients and allreduce go through (hpc extension)."""
     return state().coll.spec
 
 
-def collective(dtype: str = "float32") -> "Collective":
-    """The collective, verified against native MPI for `dtype` on first use (collective call)."""
+def collective(dtype: str = "float32", comm: "MPI.Comm | None" = None, sizes: Sequence[int] = ()) -> "Collective":
+    """The collective, verified against native MPI on `comm` (default: the world) for `dtype` and the
+    element counts `sizes` it will reduce, once per communicator and dtype (collective call)."""
     st = state()
-    if dtype not in st.verified:
+    comm = comm if comm is not None else st.comm
+    if st.coll.builtin:
+        return st.coll
+    done = st.verified.setdefault(id(comm), set())
+    if dtype not in done:
         from hpc.plugins.verify import verify
 
-        if not st.verified:
-            verify(st.comm, st.coll, ops=("SUM",), quick=False, sub_comms=False)
-            st.verified.update(("float32", "float64", "int32", "int64"))
-        if dtype not in st.verified:
-            check_dtype(st.comm, st.coll, dtype)
-            st.verified.add(dtype)
+        verify(comm, st.coll, ops=("SUM",), quick=bool(done), sub_comms=False, dtypes=(dtype,),
+               sizes=tuple(int(n) for n in sizes))
+        done.add(dtype)
     return st.coll
 
 
 def check_dtype(comm: "MPI.Comm", coll: "Collective", dtype: str) -> None:
-    """Check a collective on a dtype outside the plug-in contract (float16 for Compression.fp16)
-    against native MPI on the float64 values; raise naming the case on a wrong answer."""
-    from mpi4py import MPI
+    """Check a collective on one more dtype (float16 for Compression.fp16) and raise naming the case."""
+    from hpc.plugins.verify import verify
 
-    p, r = comm.Get_size(), comm.Get_rank()
-    eps = float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
-    for n in (0, 1, p + 1, 100_003):
-        x = np.random.default_rng([11, n, r, p]).uniform(-1, 1, n).astype(dtype)
-        ref = np.empty(n, np.float64)
-        comm.Allreduce(x.astype(np.float64), ref, MPI.SUM)
-        for inplace in (False, True):
-            send = x.copy()
-            recv = send if inplace else np.zeros_like(x)
-            coll.func(comm, send, recv, MPI.SUM)
-            err = np.abs(recv.astype(np.float64) - ref)
-            scale = np.empty(n, np.float64)
-            comm.Allreduce(np.abs(x).astype(np.float64), scale, MPI.SUM)
-            bad = np.flatnonzero(~(err <= 4 * p * eps * (scale + 1)))
-            found = comm.allgather(int(bad[0]) if bad.size else None)
-            who = next((i for i, b in enumerate(found) if b is not None), None)
-            if who is not None:
-                where = "in place" if inplace else "out of place"
-                raise HpcError(f"collective '{coll.spec}' gave a wrong answer on {p} ranks, n={n} "
-                               f"dtype={dtype} op=SUM {where}: rank {who}, index {found[who]}")
+    verify(comm, coll, ops=("SUM",), quick=True, sub_comms=False, dtypes=(dtype,))
 
 
 def mpi_op(op: int) -> "MPI.Op":
@@ -240,8 +188,8 @@ def mpi_op(op: int) -> "MPI.Op":
     table = {Average: MPI.SUM, Sum: MPI.SUM, Min: MPI.MIN, Max: MPI.MAX, Product: MPI.PROD}
     if op not in table:
         name = _OP_NAMES.get(op, repr(op))
-        raise HpcError(f"reduce op {name} is not supported by hpc.torch (use Average, Sum, Min, Max "
-                       "or Product)")
+        raise NotImplementedError(f"reduce op {name} is not supported by hpc.torch (use Average, Sum, Min, "
+                                  "Max or Product)")
     return table[op]
 
 
@@ -254,55 +202,3 @@ def resolve_op(op: int | None, average: bool | None) -> int:
     if average is not None:
         return Average if average else Sum
     return Average
-
-
-def reduce_inplace(host: "torch.Tensor", op: int) -> None:
-    """Reduce a contiguous CPU tensor in place over the hpc.torch communicator.
-
-    SUM/Average go through the collective (verified for the dtype on first use); Min/Max/Product through
-    native MPI (a plug-in need only support SUM). dtypes numpy/MPI lack (bool, int8/16, uint8,
-    bfloat16) are widened to int64/float32 and narrowed back.
-    """
-    import torch
-
-    st = state()
-    mop = mpi_op(op)
-    name = str(host.dtype).replace("torch.", "")
-    if name in _DIRECT:
-        arr = host.reshape(-1).numpy()
-        _reduce_np(st, arr, mop, op, name)
-        return
-    wide = torch.float32 if host.dtype.is_floating_point else torch.int64
-    tmp = host.to(wide)
-    _reduce_np(st, tmp.reshape(-1).numpy(), mop, op, str(wide).replace("torch.", ""))
-    host.copy_(tmp)
-
-
-def _reduce_np(st: _State, arr: np.ndarray, mop: "MPI.Op", op: int, dtype: str) -> None:
-    from mpi4py import MPI
-
-    if op in (Average, Sum):
-        collective(dtype).func(st.comm, arr, arr, MPI.SUM)
-    else:
-        st.comm.Allreduce(MPI.IN_PLACE, arr, mop)
-
-
-def _install_excepthook() -> None:
-    """An exception on one rank ends the whole job (no hang), with one `hpc: error:` line for HpcError."""
-    previous = sys.excepthook
-    if getattr(previous, "hpc_torch", False):
-        return
-
-    def hook(exc_type, exc, tb) -> None:
-        from hpc.comm import abort, mpi_active, rank_prefix
-        from hpc.env import get
-
-        if isinstance(exc, HpcError) and not get("HPC_DEBUG"):
-            sys.stderr.write(f"hpc: error: {rank_prefix()}{exc}\n")
-        else:
-            previous(exc_type, exc, tb)
-        if mpi_active():
-            abort(1)  # MPI_Abort with more than one rank: the others are not left waiting
-
-    hook.hpc_torch = True  # type: ignore[attr-defined]
-    sys.excepthook = hook

@@ -1,5 +1,10 @@
 """Start-of-training helpers with Horovod's meanings: broadcast_parameters, broadcast_optimizer_state,
-broadcast_object, allgather_object."""
+broadcast_object, allgather_object.
+
+broadcast_parameters is one negotiated broadcast of all tensors (one fused MPI_Bcast): the ranks must
+agree on every tensor's name, dtype and shape first, so a different model on one rank (even one with
+the same byte count) raises the same HorovodInternalError on every rank instead of being reinterpreted.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ import io
 import pickle
 from typing import TYPE_CHECKING, Any, Iterable
 
-from hpc.torch._basics import rank, state
-from hpc.torch._ops import broadcast_tensors
+from hpc.torch._basics import rank, size
+from hpc.torch._ops import broadcast_, broadcast_group
+from hpc.torch._process_sets import global_process_set
 
 if TYPE_CHECKING:
     import torch
@@ -26,8 +32,10 @@ def broadcast_parameters(params: Any, root_rank: int) -> None:
         items = [p if isinstance(p, tuple) else (None, p) for p in params]
     else:
         raise ValueError(f"invalid params of type: {type(params)}")
-    tensors = [t for _, t in items if torch.is_tensor(t)]
-    broadcast_tensors(tensors, root_rank)
+    named = [(str(k) if k is not None else f"tensor.{i}", t) for i, (k, t) in enumerate(items)
+             if torch.is_tensor(t)]
+    if named:
+        broadcast_group([t for _, t in named], [k for k, _ in named], root_rank, "broadcast_parameters")
 
 
 def broadcast_optimizer_state(optimizer: "torch.optim.Optimizer", root_rank: int, model: Any = None) -> None:
@@ -102,14 +110,34 @@ def _dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None, process_set: Any = None) -> Any:
-    """Root's object on every rank (pickled; root gets its own object back)."""
-    st = state()
-    data = _dumps(obj) if rank() == root_rank else None
-    data = st.comm.bcast(data, root=root_rank)
-    return obj if rank() == root_rank else pickle.loads(data)
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None,
+                     process_set: Any = global_process_set) -> Any:
+    """Root's object on every member (cloudpickled; root gets its own object back), as Horovod does it:
+    a broadcast of the size, then of the bytes."""
+    import torch
+
+    name = name or type(obj).__name__
+    if rank() == root_rank:
+        data = torch.frombuffer(bytearray(_dumps(obj)), dtype=torch.uint8)
+        sz = torch.tensor([data.numel()], dtype=torch.int64)
+        broadcast_(sz, root_rank, name + ".sz", process_set)
+    else:
+        sz = torch.zeros(1, dtype=torch.int64)
+        broadcast_(sz, root_rank, name + ".sz", process_set)
+        data = torch.empty(int(sz.item()), dtype=torch.uint8)
+    broadcast_(data, root_rank, name + ".t", process_set)
+    return obj if rank() == root_rank else pickle.loads(data.numpy().tobytes())
 
 
-def allgather_object(obj: Any, name: str | None = None, process_set: Any = None) -> list[Any]:
-    """Every rank's object, in rank order."""
-    return [pickle.loads(d) for d in state().comm.allgather(_dumps(obj))]
+def allgather_object(obj: Any, name: str | None = None) -> list[Any]:
+    """Every rank's object, in rank order (an allgather of the sizes, then of the bytes)."""
+    import torch
+
+    from hpc.torch._autograd import allgather
+
+    name = name or type(obj).__name__
+    data = torch.frombuffer(bytearray(_dumps(obj)), dtype=torch.uint8)
+    sizes = allgather(torch.tensor([data.numel()], dtype=torch.int64), name=name + ".sz").tolist()
+    gathered = allgather(data, name=name + ".t").numpy()
+    offs = [sum(sizes[:i]) for i in range(size() + 1)]
+    return [pickle.loads(gathered[offs[i]:offs[i + 1]].tobytes()) for i in range(size())]

@@ -14,6 +14,27 @@ from typing import Any
 import numpy as np
 
 
+def check_writable(comm: Any) -> None:
+    """At init: refuse an HPC_RECORD path rank 0 cannot write, on every rank with the same one line
+    (at shutdown the record would be lost while the script exits 0)."""
+    from hpc import records
+    from hpc.env import get
+    from hpc.errors import HpcError
+
+    path = get("HPC_RECORD")
+    if not path:
+        return
+    problem = None
+    if comm.Get_rank() == 0:
+        try:
+            records.check_writable(path, "HPC_RECORD record")
+        except HpcError as exc:
+            problem = str(exc)
+    problem = comm.bcast(problem, root=0)
+    if problem:
+        raise HpcError(f"HPC_RECORD={problem}")
+
+
 def write_record(st: Any) -> None:
     """Gather every rank's step times (st: hpc.torch._basics._State) and append the record on rank 0
     (collective; a no-op without HPC_RECORD)."""

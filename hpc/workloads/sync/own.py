@@ -265,6 +265,7 @@ class BucketEngine:
         self._jobs: queue.Queue = queue.Queue()
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
         self._active = auto_start
+        self.before_reduce: Callable[[], None] | None = None  # called on the reducing thread per step
         self._thread: threading.Thread | None = None
         if self.overlap:
             self._thread = threading.Thread(target=self._serve, name="hpc-grad-comm", daemon=True)
@@ -384,6 +385,8 @@ class BucketEngine:
     # -- communication -------------------------------------------------------------------------------
     def _reduce_all(self) -> None:
         t0 = time.perf_counter()
+        if self.before_reduce is not None:  # hpc.torch: the ranks' per-step agreement, before bucket 0
+            self.before_reduce()
         for b in self.buckets:
             self._ready[b.index].wait()
             self._reduce(b)

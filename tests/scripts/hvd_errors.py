@@ -1,0 +1,107 @@
+"""What a Horovod script relies on when ranks disagree, run with `import hpc.torch as hvd` on 2 ranks.
+
+    mpirun -n 2 python hvd_errors.py mismatch OUT.json   # every case: the same error on every rank
+    mpirun -n 2 python hvd_errors.py skip                # rank 1 leaves; rank 0's allreduce must fail
+    mpirun -n 2 python hvd_errors.py skip-step           # rank 1 takes one optimizer step fewer
+    mpirun -n 2 python hvd_errors.py kill                # rank 1 is killed while rank 0 waits
+    mpirun -n 2 python hvd_errors.py train OUT.json      # a few optimizer steps (plug-in checks)
+
+`mismatch` writes, per rank, {case: [exception type, message, seconds]} to OUT.json.rank<R>.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+
+import hpc.torch as hvd
+
+
+def catch(fn):
+    t0 = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - recorded for the test to judge
+        return [type(exc).__name__, str(exc), time.monotonic() - t0, isinstance(exc, RuntimeError)]
+    return ["none", "", time.monotonic() - t0, False]
+
+
+def mismatch(out: str) -> None:
+    r = hvd.rank()
+    res = {}
+    res["shape"] = catch(lambda: hvd.allreduce(torch.ones([2, 3] if r == 0 else [3, 2]), name="s"))
+    res["dtype"] = catch(lambda: hvd.allreduce(torch.ones(4, dtype=torch.float32 if r == 0 else torch.int32)))
+    res["broadcast_dtype"] = catch(lambda: hvd.broadcast_(
+        torch.full((3,), 1.5) if r == 0 else torch.zeros(3, dtype=torch.int32), root_rank=0))
+    res["root"] = catch(lambda: hvd.broadcast(torch.ones(3), root_rank=r))
+    res["name"] = catch(lambda: hvd.allreduce(torch.ones(3), name=f"loss_{r}"))
+    res["op"] = catch(lambda: hvd.allreduce(torch.ones(3), op=hvd.Sum if r == 0 else hvd.Average))
+    torch.manual_seed(r)
+    model = torch.nn.Linear(3, 2, bias=False) if r == 0 else torch.nn.Linear(2, 3, bias=False)  # same bytes
+    res["architecture"] = catch(lambda: hvd.broadcast_parameters(model.state_dict(), root_rank=0))
+    res["optimizer_model"] = catch(lambda: hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), named_parameters=model.named_parameters()))
+    c = torch.ones(3, dtype=torch.complex64)
+    res["complex_allreduce"] = catch(lambda: hvd.allreduce(c))
+    res["complex_broadcast"] = catch(lambda: hvd.broadcast(c, 0))
+    res["complex_allgather"] = catch(lambda: hvd.allgather(c))
+    # afterwards the ranks still work together
+    total = hvd.allreduce(torch.tensor([float(r + 1)]), op=hvd.Sum, name="after")
+    res["after"] = ["ok" if total.item() == 3.0 else f"wrong {total.item()}", "", 0.0, False]
+    with open(f"{out}.rank{r}", "w") as f:
+        json.dump(res, f)
+
+
+def skip() -> None:
+    if hvd.rank() == 1:
+        sys.exit(0)  # leaves without the allreduce rank 0 is about to run
+    hvd.allreduce(torch.ones(3), name="metric")  # must raise on rank 0, naming rank 1
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters())
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    return model, opt
+
+
+def _steps(model, opt, n: int) -> None:
+    g = torch.Generator().manual_seed(hvd.rank())
+    for _ in range(n):
+        x = torch.randn(4, 8, generator=g)
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+
+
+def skip_step() -> None:
+    model, opt = _model()
+    _steps(model, opt, 3 if hvd.rank() == 0 else 2)  # rank 1 leaves one step early
+
+
+def train(out: str) -> None:
+    model, opt = _model()
+    _steps(model, opt, 3)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if hvd.rank() == 0:
+        torch.save(flat, out)
+
+
+def kill() -> None:
+    if hvd.rank() == 1:
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+    hvd.allreduce(torch.ones(3), name="never")
+
+
+if __name__ == "__main__":
+    hvd.init()
+    case = sys.argv[1]
+    {"mismatch": lambda: mismatch(sys.argv[2]), "skip": skip, "skip-step": skip_step, "kill": kill,
+     "train": lambda: train(sys.argv[2])}[case]()
+    print(f"rank {hvd.rank()}: {case} done", flush=True)
