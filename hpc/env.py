@@ -25,6 +25,10 @@ VARIABLES: dict[str, str] = {
     "HPC_NODES": "node count of the point (set by the sweep)",
     "HPC_COLLECTIVE": "collective SPEC that hpc.torch reduces gradients with (user; default auto)",
     "HPC_RECORD": "records file that hpc.torch appends a train record to at shutdown (user)",
+    "HPC_TORCH_DEADLOCK_S": "seconds every rank may be blocked on hpc.torch collectives no other rank "
+                            "submitted before those waits end with an error (user; default 2; 0 = never)",
+    "HPC_TORCH_STEP_CHECK": "0 turns off DistributedOptimizer's per-step cross-rank agreement, to measure "
+                            "its cost (user; default 1)",
     "HPC_DEBUG": "print the full traceback of an unexpected error (user)",
     "HPC_HIER_GROUP": "shared | host: what the hier kernel calls a node (kernels/_shm.py; user)",
     "HPC_HIER_NODES": "k: testing knob, split ranks into k contiguous 'nodes' for hier (user)",
@@ -59,6 +63,10 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
     return lambda value: None if value.strip().lower() in choices else " or ".join(choices)
 
 
+def _seconds_or_zero(value: str) -> str | None:
+    return None if value.strip() in ("0", "0.0") else _seconds(value)
+
+
 def _program(value: str) -> str | None:
     path = shutil.which(value) if os.sep not in value else value
     return None if path and os.path.isfile(path) and os.access(path, os.X_OK) else "an executable program"
@@ -81,6 +89,7 @@ CHECKS: dict[str, Callable[[str], str | None]] = {
     "HPC_SCALING": _one_of("strong", "weak", "none"),
     "HPC_REP": _integer(0), "HPC_NODES": _integer(1), "HPC_HIER_NODES": _integer(1),
     "HPC_PROGRESS_S": _seconds, "HPC_HIER_GROUP": _one_of("shared", "host"),
+    "HPC_TORCH_DEADLOCK_S": _seconds_or_zero, "HPC_TORCH_STEP_CHECK": _one_of("0", "1"),
 }
 
 

@@ -35,6 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 IMPORT_LINE = "import horovod.torch as hvd\n"
 HPC_IMPORT = "import hpc.torch as hvd\n"
 _TEST_DEF = re.compile(r"^    def (test_\w+)\(self\)", re.M)
+# Tests that leave state behind for the rest of the process: this one registers two process sets and
+# never removes them, so a later add_process_set of the same ranks is refused (by Horovod too). The
+# runner starts a fresh mpirun after it.
+LEAKY = ("test_process_set_barrier_op",)
 
 # pytest plugin written next to the copied suite: one JSON line per test phase and rank, flushed at
 # once, so a rank killed mid-test still leaves what finished before.
@@ -212,6 +216,9 @@ def run(suite: Path, impl: str, np: int = 2, timeout: float = 120, only: list[st
             out.mkdir()
             env["ORACLE_OUT"] = str(out)
             batch = todo[:1] if isolate else todo
+            cut = [i for i, t in enumerate(batch) if t in LEAKY]
+            if cut:
+                batch = batch[:cut[0] + 1]
             t0 = time.monotonic()
             _run_batch(script, batch, out, np, timeout, env)
             seen = _read(out, np)
@@ -228,7 +235,7 @@ def run(suite: Path, impl: str, np: int = 2, timeout: float = 120, only: list[st
                 todo = [t for t in todo if t not in batch]
                 continue
             last = done[-1]
-            todo = todo[todo.index(last) + 1:] if not isolate else todo[1:]
+            todo = todo[todo.index(last) + 1:]
     return results
 
 
@@ -255,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     only = [t.strip() for t in args.only.split(",")] if args.only else None
     everything = {}
     for impl in args.impl or ["horovod", "hpc"]:
+        t0 = time.monotonic()
         res = run(suite, impl, args.np, args.timeout, only, args.isolate)
         everything[impl] = {t: list(v) for t, v in res.items()}
-        print(f"{impl}: {dict(summary(res))}", flush=True)
+        print(f"{impl}: {dict(summary(res))} in {time.monotonic() - t0:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1, sort_keys=True))
     return 0

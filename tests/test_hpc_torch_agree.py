@@ -205,3 +205,14 @@ def test_unwritable_hpc_record_fails_at_init_with_one_line(tmp_path: Path) -> No
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("hpc: error: HPC_RECORD=") and str(target) in lines[0]
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_sync_batch_norm_equals_batch_norm_on_the_global_batch(tmp_path: Path) -> None:
+    """hvd.SyncBatchNorm (on CPU too, unlike Horovod's): each rank's half of the batch, normalized with
+    the global statistics, equals BatchNorm2d on the whole batch; running stats and gradients too."""
+    out = tmp_path / "bn.json"
+    proc = mpirun(2, sys.executable, str(SCRIPT), "syncbn", str(out), timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in range(2):
+        diffs = json.loads(Path(f"{out}.rank{r}").read_text())
+        assert max(diffs.values()) < 1e-4, diffs

@@ -42,6 +42,15 @@ from hpc.torch._process_sets import ProcessSet, add_process_set, global_process_
 from hpc.torch._session import init, shutdown
 from hpc.workloads.sync.compression import Compression, Compressor
 
+
+def __getattr__(name: str):
+    if name == "SyncBatchNorm":  # imports torch.nn: only when asked for
+        from hpc.torch._sync_bn import SyncBatchNorm
+
+        return SyncBatchNorm
+    raise AttributeError(f"module 'hpc.torch' has no attribute '{name}'")
+
+
 __all__ = [
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size", "cross_rank",
     "cross_size", "is_homogeneous", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_",
@@ -54,5 +63,5 @@ __all__ = [
     "Sum", "Adasum", "Min", "Max", "Product", "ProcessSet", "global_process_set", "add_process_set",
     "remove_process_set", "HorovodInternalError", "NotInitializedError", "comm_hook", "collective_spec",
     "mpi_threads_supported", "mpi_built", "mpi_enabled", "gloo_built", "gloo_enabled", "nccl_built",
-    "ddl_built", "ccl_built", "cuda_built", "rocm_built", "start_timeline", "stop_timeline",
+    "ddl_built", "ccl_built", "cuda_built", "rocm_built", "start_timeline", "stop_timeline", "SyncBatchNorm",
 ]

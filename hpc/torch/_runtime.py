@@ -72,8 +72,10 @@ class Runtime:
         self.zero_run = zero_run              # how a joined rank takes part in an allreduce/barrier
         self.coordinator = None
         if self.rank == 0:
+            from hpc.env import get
+
             self.coordinator = Coordinator(
-                self.world, self._members, grace=_env_float("HPC_TORCH_DEADLOCK_S", 2.0),
+                self.world, self._members, grace=float(get("HPC_TORCH_DEADLOCK_S", "2")),
                 stall_warn=_env_float("HOROVOD_STALL_CHECK_TIME_SECONDS", 60.0),
                 stall_end=_env_float("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", 0.0))
         self.queue: collections.deque = collections.deque()

@@ -28,8 +28,10 @@ def init(comm: Any = None, process_sets: Sequence[Any] | None = None, collective
         return
     if isinstance(comm, str):  # hpc's own init("ring")
         collective, comm = comm, None
-    from hpc.env import get
+    from hpc.env import check, get
 
+    _install_excepthook()  # from here on, an uncaught exception on one rank ends the job with one line
+    check()  # a mistyped HPC_* variable is one line, not a surprise later
     spec = collective or get("HPC_COLLECTIVE") or DEFAULT_COLLECTIVE
     if "mpi4py.MPI" not in sys.modules:
         # Open MPI's UCX one-sided component prints an error line per rank whenever a shared window is
@@ -44,7 +46,6 @@ def init(comm: Any = None, process_sets: Sequence[Any] | None = None, collective
     from hpc.torch._runtime import Runtime
     from hpc.workloads.sync.base import local_layout
 
-    _install_excepthook()  # from here on, an uncaught exception on one rank ends the job with one line
     base = _base_comm(comm)
     if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
         raise HpcError("hpc.torch needs MPI_THREAD_MULTIPLE (its collectives run on a background thread "

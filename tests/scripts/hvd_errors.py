@@ -4,7 +4,8 @@
     mpirun -n 2 python hvd_errors.py skip                # rank 1 leaves; rank 0's allreduce must fail
     mpirun -n 2 python hvd_errors.py skip-step           # rank 1 takes one optimizer step fewer
     mpirun -n 2 python hvd_errors.py kill                # rank 1 is killed while rank 0 waits
-    mpirun -n 2 python hvd_errors.py train OUT.json      # a few optimizer steps (plug-in checks)
+    mpirun -n 2 python hvd_errors.py train OUT.pt        # a few optimizer steps (plug-in checks)
+    mpirun -n 2 python hvd_errors.py syncbn OUT.json     # hvd.SyncBatchNorm vs BatchNorm on the global batch
 
 `mismatch` writes, per rank, {case: [exception type, message, seconds]} to OUT.json.rank<R>.
 """
@@ -92,6 +93,32 @@ def train(out: str) -> None:
         torch.save(flat, out)
 
 
+def syncbn(out: str) -> None:
+    """Each rank normalizes its half of a batch with hvd.SyncBatchNorm; every rank also runs a plain
+    BatchNorm2d on the whole batch: outputs, running statistics and (allreduced) gradients must match."""
+    r, n = hvd.rank(), hvd.size()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4 * n, 3, 5, 5, generator=g) * 3 + 1
+    sync, plain = hvd.SyncBatchNorm(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        for m in (sync, plain):
+            m.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+            m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    mine = x[4 * r:4 * (r + 1)].clone().requires_grad_()
+    full = x.clone().requires_grad_()
+    y_sync, y_plain = sync(mine), plain(full)
+    (y_sync * torch.arange(1.0, 4.0).view(1, 3, 1, 1)).sum().backward()
+    (y_plain * torch.arange(1.0, 4.0).view(1, 3, 1, 1)).sum().backward()
+    res = {"out": (y_sync - y_plain[4 * r:4 * (r + 1)]).abs().max().item(),
+           "running_mean": (sync.running_mean - plain.running_mean).abs().max().item(),
+           "running_var": (sync.running_var - plain.running_var).abs().max().item(),
+           "grad_x": (mine.grad - full.grad[4 * r:4 * (r + 1)]).abs().max().item(),
+           "grad_w": (hvd.allreduce(sync.weight.grad, op=hvd.Sum) - plain.weight.grad).abs().max().item(),
+           "grad_b": (hvd.allreduce(sync.bias.grad, op=hvd.Sum) - plain.bias.grad).abs().max().item()}
+    with open(f"{out}.rank{r}", "w") as f:
+        json.dump(res, f)
+
+
 def kill() -> None:
     if hvd.rank() == 1:
         time.sleep(1.0)
@@ -103,5 +130,5 @@ if __name__ == "__main__":
     hvd.init()
     case = sys.argv[1]
     {"mismatch": lambda: mismatch(sys.argv[2]), "skip": skip, "skip-step": skip_step, "kill": kill,
-     "train": lambda: train(sys.argv[2])}[case]()
+     "train": lambda: train(sys.argv[2]), "syncbn": lambda: syncbn(sys.argv[2])}[case]()
     print(f"rank {hvd.rank()}: {case} done", flush=True)
