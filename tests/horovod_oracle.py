@@ -243,6 +243,43 @@ def summary(results: dict[str, tuple[str, str]]) -> Counter:
     return Counter(o for o, _ in results.values())
 
 
+def _tidy(why: str) -> str:
+    """A reason as a table cell: no temp paths, no site-packages prefix, no pipes."""
+    why = re.sub(r"\('?/tmp/hvd-oracle-[^']*'?, \d+, '?(.*?)'?\)", r"\1", why)
+    why = re.sub(r"\S*site-packages/", "", why).replace("|", "/")
+    if "_muon.py" in why:
+        why += " (torch 2.13's Muon takes 2-D parameters only; the test builds every torch.optim class)"
+    return why
+
+
+def markdown(results: dict[str, dict[str, list[str]]], command: str) -> str:
+    """results/horovod-oracle.md: counts per implementation and every test's outcome under each."""
+    import platform
+
+    import torch
+
+    impls = [i for i in ("horovod", "hpc") if i in results]
+    names = {"horovod": "Horovod 0.28.1", "hpc": "hpc.torch"}
+    tests = list(results[impls[0]])
+    lines = ["# Horovod's own PyTorch tests: real Horovod vs hpc.torch", "",
+             "`test/parallel/test_torch.py` of Horovod 0.28.1 (github:horovod/horovod, tag v0.28.1), "
+             f"{len(tests)} tests, 2 ranks under mpirun, every test in its own mpirun unless noted; for "
+             "hpc.torch the only change is `import horovod.torch as hvd` -> `import hpc.torch as hvd`.",
+             f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+             f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.", "",
+             f"    {command}", ""]
+    for impl in impls:
+        counts = summary({t: tuple(v) for t, v in results[impl].items()})
+        lines.append(f"- {names[impl]}: " + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    lines += ["", "| test | " + " | ".join(names[i] for i in impls) + " | why (when not passed) |",
+              "|---|" + "---|" * len(impls) + "---|"]
+    for t in tests:
+        outs = [results[i].get(t, ["missing", ""]) for i in impls]
+        why = "; ".join(dict.fromkeys(_tidy(o[1]) for o in outs if o[0] != "passed" and o[1]))
+        lines.append(f"| {t} | " + " | ".join(o[0] for o in outs) + f" | {why[:160]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests", help="Horovod's test/parallel/test_torch.py (default: $HPC_HOROVOD_TESTS)")
@@ -253,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated test names")
     ap.add_argument("--isolate", action="store_true", help="one mpirun per test")
     ap.add_argument("--json", help="write {impl: {test: [outcome, why]}} here")
+    ap.add_argument("--markdown", help="write a table of every test's outcome per implementation here")
+    ap.add_argument("--from-json", help="only turn an earlier --json file into --markdown")
     args = ap.parse_args(argv)
+    if args.from_json:
+        Path(args.markdown).write_text(markdown(json.loads(Path(args.from_json).read_text()),
+                                                "python tests/horovod_oracle.py " + " ".join(argv or sys.argv[1:])))
+        return 0
     suite = locate(args.tests)
     if suite is None:
         print("hpc: error: Horovod's test/parallel/test_torch.py not found: set HPC_HOROVOD_TESTS or --tests "
@@ -268,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{impl}: {dict(summary(res))} in {time.monotonic() - t0:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1, sort_keys=True))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(everything, "python tests/horovod_oracle.py " +
+                                                " ".join(argv if argv is not None else sys.argv[1:])))
     return 0
 
 

@@ -39,7 +39,7 @@ class _State:
     coll: "Collective"
     local_rank: int
     local_size: int
-    verified: dict[Any, set[str]] = field(default_factory=dict)  # (comm id) -> dtypes checked there
+    verified: dict[Any, set[Any]] = field(default_factory=dict)  # (comm id) -> what was checked there
     engines: list[Any] = field(default_factory=list)      # the BucketEngines of DistributedOptimizers
     grads: list[Any] = field(default_factory=list)        # their _optimizer._GradEngine (agreement)
     step_times: list[float] = field(default_factory=list)  # perf_counter at each synchronised step
@@ -160,18 +160,21 @@ def collective_spec() -> str:
 
 def collective(dtype: str = "float32", comm: "MPI.Comm | None" = None, sizes: Sequence[int] = ()) -> "Collective":
     """The collective, verified against native MPI on `comm` (default: the world) for `dtype` and the
-    element counts `sizes` it will reduce, once per communicator and dtype (collective call)."""
+    element counts `sizes` it will reduce, once per communicator, dtype and size (collective call)."""
     st = state()
     comm = comm if comm is not None else st.comm
     if st.coll.builtin:
         return st.coll
-    done = st.verified.setdefault(id(comm), set())
-    if dtype not in done:
+    done = st.verified.setdefault(id(comm), set())  # dtypes, and (dtype, size) pairs checked on comm
+    checked = {x[1] for x in done if isinstance(x, tuple) and x[0] == dtype}
+    new_sizes = tuple(sorted({int(n) for n in sizes} - checked))
+    if dtype not in done or new_sizes:
         from hpc.plugins.verify import verify
 
         verify(comm, st.coll, ops=("SUM",), quick=bool(done), sub_comms=False, dtypes=(dtype,),
-               sizes=tuple(int(n) for n in sizes))
+               sizes=new_sizes)
         done.add(dtype)
+        done.update((dtype, n) for n in new_sizes)
     return st.coll
 
 

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 REQ, RESP = 11, 12
 BUSY_MAX_S = 1e-3      # longest sleep while an answer is due (latency of a small collective)
-IDLE_COORD_S = 5e-3    # rank 0's poll period with nothing of its own pending (other ranks' requests)
-IDLE_S = 0.1           # everyone else with nothing pending
+IDLE_COORD_S = 5e-3    # rank 0's poll period with nothing pending while a process set excludes it
+IDLE_S = 0.05          # otherwise, with nothing pending: another rank's request can only complete once
+#                        this rank submits its part too, and submitting wakes the thread at once
 REPORT_WAIT_S = 0.2    # a main thread blocked this long tells the coordinator what it waits for
 
 
@@ -190,7 +191,8 @@ class Runtime:
             if self._expecting():
                 delay = min(max(2 * delay, 5e-5), BUSY_MAX_S)
             else:
-                delay = IDLE_COORD_S if self.rank == 0 else IDLE_S
+                foreign = self.rank == 0 and any(0 not in info.ranks for info in list(self.sets.values()))
+                delay = IDLE_COORD_S if foreign else IDLE_S
             self.wake.wait(delay)
 
     def _expecting(self) -> bool:
