@@ -67,12 +67,15 @@ def test_training_verifies_the_bucket_sizes_it_reduces_not_their_mirror_image():
     assert "wrong answer" in line and "n=20502" in line, line
 
 
-@pytest.mark.parametrize("sync", ["ring", "horovod", "ddp", "deepspeed-zero3"])
-def test_ranks_that_build_different_models_are_refused_on_every_scheme(sync):
-    """Rank 1's factory builds another architecture with the same byte count: one clear line (no
-    "success", no hang until --timeout, no screen of [rank0] tracebacks), whatever the scheme."""
+@pytest.mark.parametrize("sync,factory", [("ring", "other_on_rank1"), ("horovod", "other_on_rank1"),
+                                          ("ddp", "other_on_rank1"), ("deepspeed-zero3", "other_on_rank1"),
+                                          ("ddp", "transposed_on_rank1")])
+def test_ranks_that_build_different_models_are_refused_on_every_scheme(sync, factory):
+    """Rank 1's factory builds another architecture with the same byte count (or the same names and
+    bytes, shapes transposed): one clear line before the scheme starts (no "success", no hang until
+    --timeout, no screen of [rank0] tracebacks from inside DDP), whatever the scheme."""
     t0 = time.monotonic()
-    line = one_error_line(hpc("train", "--np", "2", "--sync", sync, "--model", f"{ROGUE_NET}:other_on_rank1",
+    line = one_error_line(hpc("train", "--np", "2", "--sync", sync, "--model", f"{ROGUE_NET}:{factory}",
                               "--input-shape", "16", "--classes", "4", "--steps", "2", "--timeout", "150",
                               timeout=240))
     assert "ranks hold different models" in line and "rank 1 has parameter" in line, line
@@ -173,6 +176,12 @@ def test_a_run_program_that_reads_stdin_gets_end_of_file(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [r["status"] for r in records.load(out)] == ["ok"]
     assert time.monotonic() - t0 < 50
+
+
+def test_a_plugin_that_reads_stdin_gets_end_of_file():
+    proc = hpc("bench", "collective", "--algo", f"{ROGUE}:reads_stdin", "--no-verify", "--np", "2", "--sizes",
+               "1KiB", "--batches", "1", "--iters", "2", "--timeout", "60", timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_plugin_thread_never_holds_the_job():

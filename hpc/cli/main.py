@@ -153,6 +153,10 @@ def _leave(code: int) -> None:
         reaper.end_descendants()
         from mpi4py import MPI
 
+        # a stray thread blocked inside MPI could hold up MPI_Finalize: leave anyway after a while
+        timer = threading.Timer(10.0, os._exit, args=(code,))
+        timer.daemon = True
+        timer.start()
         MPI.Finalize()
     os._exit(code)
 

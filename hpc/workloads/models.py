@@ -232,8 +232,8 @@ def _call_factory(factory: Callable, spec: str, kwargs: dict[str, Any]) -> "torc
     except HpcError:
         raise
     except SystemExit as exc:  # it would end every rank "successfully", with nothing trained
-        raise HpcError(f"model factory '{spec}' called sys.exit({exc.code!r}) instead of returning a "
-                       "model") from None
+        raise HpcError(f"the workload called sys.exit({exc.code!r}): model factory '{spec}' exited "
+                       "instead of returning a model") from None
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from mpi4py import MPI
 
+    from hpc.workloads.memory import Probe
     from hpc.workloads.sync import Scheme
     from hpc.workloads.sync.base import SchemeFacts, Trainer
 
@@ -328,7 +329,10 @@ def run_side_by_side(tc: TrainConfig, names: list[str]) -> int:
     if comm.Get_rank() == 0:
         ranked = rank_schemes(done)
         if ranked:
-            print_tables(ranking_tables(ranked), file=sys.stderr if tc.json == "-" else None)
+            from hpc.analysis.memory import annotate, memory_tables
+
+            print_tables(ranking_tables(ranked) + memory_tables(annotate(ranked, done)),
+                         file=sys.stderr if tc.json == "-" else None)
     return 0
 
 
@@ -402,15 +406,19 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
             "sample_shape": list(cfg.sample_shape()), "model_args": dict(cfg.args),
             "nodes": len(prov["hosts"]), "provenance": prov, **(extra or {})}
     try:
+        from hpc.workloads import memory
+
         with deadline(tc.step_timeout, f"setting up --sync {tc.sync}"):  # rendezvous, process groups
             trainer = sync.load(pl.scheme).make(ctx)
-        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data, tc.step_timeout)
+        probe = memory.Probe(trainer, min(tc.warmup, tc.steps - 1), tc.steps, device.type == "cuda")
+        log, losses = _train(trainer, comm, source, tc.steps, device, pl.facts, tc.data, tc.step_timeout, probe)
         flat = trainer.params()
         averaged = average_buffers(comm, model, trainer.is_worker)  # untimed; see the module docstring
         bufs = flat_buffers(model) if flat is not None else None
         holder = _check_identical(comm, flat, bufs, trainer)
         summary = trainer.summary()
         summary["buffers_averaged"] = averaged
+        summary["memory"] = memory.train_block(comm, probe, base["n_params"], tc.optimizer, tc.momentum)
         rec = _record(comm, tc, base, trainer, log, losses, flat, bufs, holder, summary, n_workers, pl.facts)
         trainer.close()
     except HpcError as exc:
@@ -547,10 +555,11 @@ def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "torch.device",
            facts: "SchemeFacts", where: str | None = None,
-           step_timeout: float = 300.0) -> tuple[StepLog, list[float]]:
+           step_timeout: float = 300.0, probe: "Probe | None" = None) -> tuple[StepLog, list[float]]:
     """Run the steps; return this rank's timings and the global mean loss per step (sync schemes).
 
-    `where` names a data file whose batches are checked (labels, NaN) as they are read."""
+    `where` names a data file whose batches are checked (labels, NaN) as they are read; `probe`
+    (hpc.workloads.memory) is called between steps, outside the timed region."""
     import torch
     from mpi4py import MPI
 
@@ -566,6 +575,8 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
     watchdog, limit = Watchdog(), 4 * step_timeout
     try:
         for s in range(steps):
+            if probe is not None:
+                probe.before_step(s)
             t0 = time.perf_counter()
             x, y = next(source)
             if where is not None:
@@ -589,6 +600,8 @@ def _train(trainer: "Trainer", comm: "MPI.Comm", source, steps: int, device: "to
             log.comm_total.append(res.extra.get("comm_total_s", float("nan")))
             log.loss.append(res.loss)
             progress.tick(s + 1, res.loss)
+            if probe is not None:
+                probe.after_step(s)
             if lockstep:  # untimed: the global loss, and the same non-finite verdict on every rank
                 # still under the watchdog, and buffer-based: mpi4py's pickled allreduce holds the GIL
                 # while it waits, so a stopped peer there would starve the watchdog thread for ever

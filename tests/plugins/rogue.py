@@ -54,3 +54,10 @@ def starts_subprocess(comm, sendbuf, recvbuf, op=MPI.SUM):
         _STARTED.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", mark],
                                          start_new_session=True))
     _ok(comm, sendbuf, recvbuf, op)
+
+
+def reads_stdin(comm, sendbuf, recvbuf, op=MPI.SUM):
+    """Right answer, but the first call reads its standard input to the end (a config it expects)."""
+    if not _STARTED:
+        _STARTED.append(sys.stdin.read())
+    _ok(comm, sendbuf, recvbuf, op)

@@ -115,6 +115,23 @@ class Trainer:
         """Scheme-specific figures for the record (e.g. buckets, observed staleness)."""
         return {}
 
+    #: set by hpc.workloads.memory.Probe during the step it looks at; schemes whose states change inside
+    #: the step (gathered or freed) call it there: `if self.memory_mark: self.memory_mark("backward")`
+    memory_mark: Callable[[str], None] | None = None
+
+    def memory_tensors(self) -> dict[str, list[Any]]:
+        """What this rank keeps, by category (params, grads, optimizer, buffers), for the memory
+        block: tensors/arrays (each storage counted once) or ints (bytes held out of Python's sight)."""
+        from hpc.workloads.memory import module_tensors
+
+        return module_tensors(self.ctx.model, getattr(self, "optimizer", None))
+
+    def memory_layout(self) -> Any:
+        """The share of the model states this rank holds (hpc.workloads.memory.Layout): replicated."""
+        from hpc.workloads.memory import Layout
+
+        return Layout()
+
     def close(self) -> None:
         """Release threads, communicators and process groups."""
 
