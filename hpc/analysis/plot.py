@@ -216,7 +216,10 @@ def plot_figure(out: str | Path, fits: list | None = None, collective: list[dict
     names = [_name(f) for f in fits] + [str(r.get("algo") or r.get("sync")) for r in collective + schemes]
     color = _palette(names)
     if schemes:
+        from hpc.analysis.memory_plot import memory_panels
+
         panels += scheme_panels(schemes, color)
+        panels += memory_panels(schemes, color)  # speed vs memory per rank; memory per rank vs N
     panels += scaling_panels(fits, color, nps)  # the chosen model and its band, to the asked N
     if collective:
         panels += _collective_panels(collective, color)

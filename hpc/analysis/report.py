@@ -190,6 +190,9 @@ def render(path: str | Path, out: str | Path, *, baseline: str | None = None, bo
         except HpcError as e:
             md += [f"Not fitted: {e}", ""]
 
+    from hpc.analysis.memory_plot import report_section
+
+    md += report_section(ok, out.parent, stem)  # speed beside memory per rank, when records carry it
     md += ["## Reproduce", "", "```", f"hpc fit {path}", f"hpc predict {path} --np 64,512",
            f"hpc compare {path} --baseline mpi",
            f"hpc plot {path} -o plot.png", f"hpc report {path} -o {out}", "```", ""]

@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--fail-if-worse", type=float, default=None, metavar="PCT",
                    help="exit 1 when any point is worse by more than PCT percent")
     p.add_argument("--wide", action="store_true", help="all columns (medians, change, band, reps)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="ranking: also answer 'the fastest scheme that fits in SIZE per rank' (e.g. 2GB; "
+                        "peak resident memory per rank, peak GPU memory with --device cuda)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="markdown tables")
     fmt.add_argument("--csv", action="store_true", help="CSV: plain numbers, units in the header")
@@ -65,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise HpcError("--threshold and --fail-if-worse must be ≥ 0")
     if args.baseline and args.b:
         raise HpcError("give either B or --baseline NAME, not both")
+    if args.max_memory is not None:
+        from hpc.units import parse_size
+
+        if args.b or args.baseline:
+            raise HpcError("--max-memory answers a ranking: give one record set, without B or --baseline")
+        args.max_memory_bytes = parse_size(args.max_memory)
     code = _run(args)
     for path in filter(None, (args.a, args.b)):  # after the tables: what they left out
         note_failures(path)
@@ -77,17 +86,19 @@ def _run(args: argparse.Namespace) -> int:
 
     fmt = "csv" if args.csv else "markdown" if args.markdown else "rich"
     if not args.baseline and not args.b:
-        ranked = rank_schemes(load_records(args.a), args.metric, args.threshold)
+        records = load_records(args.a)
+        ranked = rank_schemes(records, args.metric, args.threshold)
         if not ranked:
             alone = unranked(load_records(args.a))
             why = f" (left out: {'; '.join(alone[:3])})" if alone else ""
             raise HpcError(f"{args.a}: no point was measured by two or more algorithms/schemes{why}; "
                            "give B, or --baseline NAME")
+        memory = _memory_tables(ranked, records, getattr(args, "max_memory_bytes", None), args.csv, args.wide)
         if args.json:
             json.dump(json_safe(ranked), sys.stdout, indent=2, allow_nan=False)
             sys.stdout.write("\n")
         else:
-            print_tables([ranking_csv(ranked)] if args.csv else ranking_tables(ranked), fmt)
+            print_tables(([ranking_csv(ranked)] if args.csv else ranking_tables(ranked)) + memory, fmt)
         return 0
     if args.baseline:
         rows, notes = compare_baseline(load_records(args.a), args.baseline, args.metric,
@@ -113,3 +124,17 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
     return 0
+
+
+def _memory_tables(ranked: list, records: list, max_memory: int | None, csv: bool, wide: bool) -> list:
+    """Speed and memory per rank beside the ranking (each ranked row gets its `memory`), and with
+    --max-memory the fastest scheme that fits (each point gets `max_memory`)."""
+    from hpc.analysis import memory
+
+    memory.annotate(ranked, records)
+    if not memory.has_memory(ranked) and max_memory is None:
+        return []
+    tabs = [memory.memory_csv(ranked)] if csv else memory.memory_tables(ranked, wide)
+    if max_memory is not None:
+        tabs.append(memory.fits_table(memory.fits(ranked, max_memory)))
+    return tabs

@@ -48,12 +48,13 @@ def write_record(st: Any) -> None:
     mine = np.diff(np.asarray(st.step_times, dtype=float))[1:]  # drop the first (warm-up) interval
     gathered = comm.gather(mine.tolist(), root=0)
     prov = records.provenance(comm, list(sys.argv))
+    memory = _memory(st)  # collective
     if comm.Get_rank() != 0:
         return
     n = min(len(g) for g in gathered)
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     base = {"sync": f"hpc.torch:{st.coll.spec}", "model": script, "steps": len(st.step_times),
-            "nodes": len(prov["hosts"]), "provenance": prov, **st.info}
+            "nodes": len(prov["hosts"]), "provenance": prov, **st.info, "memory": memory}
     if n == 0:
         rec = records.new("train", comm.Get_size(), **base, status="failed", time_s=None, times_s=[],
                           error="fewer than 3 optimizer steps: nothing to time")
@@ -64,3 +65,11 @@ def write_record(st: Any) -> None:
                           steps_per_s=1.0 / time_s if time_s > 0 else None, warmup=1,
                           timed_steps=int(n))
     records.append(path, [rec])
+
+
+def _memory(st: Any) -> dict[str, Any] | None:
+    """The `memory` block (hpc.workloads.memory): model states of the live DistributedOptimizers and
+    their buckets, peak resident memory; collective, rank 0 gets it."""
+    from hpc.workloads.memory import live_optimizers, torch_block
+
+    return torch_block(st.comm, st.engines, live_optimizers("hpc.torch._optimizer._DistributedOptimizer"))

@@ -102,6 +102,12 @@ class DDPTrainer(Trainer):
         return {"bucket_mb": self.ctx.opts.bucket_mb, "fp16_compress": self.ctx.opts.fp16_compress,
                 "overlap": True, "backend": dist.get_backend()}
 
+    def memory_layout(self) -> Any:
+        from hpc.workloads.memory import Layout
+
+        return Layout(note="ddp: gradients are views into DDP's buckets (gradient_as_bucket_view): the "
+                           "buckets are counted as gradients")
+
     def close(self) -> None:
         self.clock.remove()
 

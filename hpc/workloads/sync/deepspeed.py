@@ -91,9 +91,13 @@ class DeepSpeedTrainer(Trainer):
         t0 = time.perf_counter()
         eng = self.engine
         loss = loss_fn(self.ctx.cfg, eng(x), y)
+        if self.memory_mark:  # ZeRO-3 may keep gathered parameters live until backward
+            self.memory_mark("forward")
         self.clock.reset()
         eng.backward(loss)  # gradient reduction (ZeRO reduce-scatter / allreduce) ends inside
         t1 = time.perf_counter()
+        if self.memory_mark:  # gradients are freed inside step(): the memory probe looks now
+            self.memory_mark("backward")
         exposed = self.clock.exposed_since(t1, t0)
         eng.step()
         value = float(loss.detach())
@@ -118,6 +122,52 @@ class DeepSpeedTrainer(Trainer):
         return {"zero_stage": self.stage, "bucket_mb": self.ctx.opts.bucket_mb,
                 "fp16_compress": self.ctx.opts.fp16_compress, "deepspeed": self.deepspeed.__version__,
                 "backend": dist_backend(self.ctx.device.type)}
+
+    def memory_tensors(self) -> dict[str, list[Any]]:
+        """The model's tensors and ZeRO's own: flat 16/32-bit groups and partitions, gradient partitions
+        and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state."""
+        from hpc.workloads.memory import module_tensors, tensors_in
+
+        zero = self.engine.optimizer
+        out = module_tensors(self.engine.module, getattr(zero, "optimizer", zero))
+        out["params"] += [p.ds_tensor for p in self.engine.module.parameters() if hasattr(p, "ds_tensor")]
+        for path, t in tensors_in(zero, "deepspeed"):
+            low = path.lower()  # ZeRO's own names: *grad*, bit16/fp16 (parameters), fp32 (master copy)
+            kind = ("grads" if "grad" in low else "params" if "bit16" in low or "fp16" in low
+                    else "optimizer" if "fp32" in low else "buffers")
+            out[kind].append(t)
+        return out
+
+    def memory_layout(self) -> Any:
+        """ZeRO's shares over the data ranks, with DeepSpeed's own estimate beside them (stages 2, 3)."""
+        from hpc.workloads.memory import zero_layout
+
+        return zero_layout(self.stage, self.comm.Get_size(), self._estimate())
+
+    def _estimate(self) -> dict[str, Any] | None:
+        """DeepSpeed's estimate_zero2/3_model_states_mem_needs (no offload): its per-device bytes, which
+        assume 16-bit parameters and gradients (mixed precision), for this model and world."""
+        params = list(self.engine.module.parameters())
+        total = sum(getattr(p, "ds_numel", p.numel()) for p in params)
+        n, local = self.comm.Get_size(), max(1, self.ctx.local_size)
+        nodes = max(1, n // local)
+        if self.stage == 2:
+            from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+            _, dev = estimate_zero2_model_states_mem_needs(total, local, nodes, cpu_offload=False)
+            name = "estimate_zero2_model_states_mem_needs"
+        elif self.stage == 3:
+            from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+            largest = max(sum(getattr(p, "ds_numel", p.numel()) for p in m.parameters(recurse=False))
+                          for m in self.engine.module.modules())
+            _, dev, _ = estimate_zero3_model_states_mem_needs(total, largest, local, nodes, cpu_offload=False,
+                                                              cpu_offload_params=False)
+            name = "estimate_zero3_model_states_mem_needs"
+        else:
+            return None  # DeepSpeed has no estimate for stage 1
+        return {"source": f"deepspeed {name}", "bytes": int(dev),
+                "assumes": "16-bit parameters and gradients, fp32 master copy and Adam state; no offload"}
 
     def close(self) -> None:
         self.clock.remove()  # the process group stays for later runs; it is destroyed at exit

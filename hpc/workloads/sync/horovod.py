@@ -96,6 +96,22 @@ class HorovodTrainer(Trainer):
         return {"bucket_mb": self.ctx.opts.bucket_mb, "fp16_compress": self.ctx.opts.fp16_compress,
                 "overlap": True, "horovod": _version(), **self.built}
 
+    def memory_tensors(self) -> dict[str, list[Any]]:
+        """Plus Horovod's fusion buffer, allocated in C++ at its first fused allreduce (more than one
+        gradient): HOROVOD_FUSION_THRESHOLD rounded up to a multiple of local size · 8 · 64 bytes
+        (Controller::TensorFusionThresholdBytes), counted at that size."""
+        out = super().memory_tensors()
+        if sum(p.requires_grad for p in self.ctx.model.parameters()) > 1:
+            div = max(1, self.ctx.local_size) * 8 * 64
+            out["buffers"].append(-(-int(self.ctx.opts.bucket_mb * (1 << 20)) // div) * div)
+        return out
+
+    def memory_layout(self) -> Any:
+        from hpc.workloads.memory import Layout
+
+        return Layout(note="horovod: the fusion buffer lives in C++; it is counted at the size Horovod "
+                           "allocates (the fusion threshold rounded up), not read from a tensor")
+
     def close(self) -> None:
         self.hvd.shutdown()
 

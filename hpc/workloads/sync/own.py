@@ -488,6 +488,14 @@ class OwnTrainer(Trainer):
                 "overlap": eng.overlap, "fp16_compress": eng.wire.compressed, "host_staging": eng.wire.staging,
                 "collective": self.ctx.collective.spec, "cuda_path": self.cuda_path}
 
+    def memory_tensors(self) -> dict[str, list[Any]]:
+        """Plus the bucket buffer (the gradients are views into it: counted as gradients) and the
+        host staging buffer (with --host-staging or cuda)."""
+        out = super().memory_tensors()
+        out["grads"].append(self.engine.flat)
+        out["buffers"].append(self.engine.wire.host)
+        return out
+
     def close(self) -> None:
         self.engine.close()
 

@@ -244,5 +244,31 @@ class PSAsyncTrainer(Trainer):
         }
 
 
+    def memory_tensors(self) -> dict[str, list[Any]]:
+        """Workers: the model, its gradients, the push/pull buffers. Servers: also their shard, its
+        gradient (the received message) and optimizer state."""
+        from hpc.workloads.memory import module_tensors
+
+        if self.is_worker:
+            out = module_tensors(self.ctx.model)
+            out["buffers"] += self.push + self.pull
+            return out
+        out = module_tensors(self.ctx.model, self.optimizer)
+        out["params"].append(self.shard)
+        out["grads"].append(self.shard.grad)
+        return out
+
+    def memory_layout(self) -> Any:
+        from hpc.workloads.memory import Layout
+
+        if self.is_worker:
+            return Layout(optimizer=0.0, scheme="ps-async worker (all parameters and gradients, no "
+                                               "optimizer state)")
+        k = 1.0 / self.k
+        return Layout(params=1.0 + k, grads=k, optimizer=k,
+                      scheme=f"ps-async server (a 1/{self.k} shard of parameters, gradients and optimizer "
+                             "state, plus the full model every rank builds)")
+
+
 def make(ctx: TrainContext) -> Trainer:
     return PSAsyncTrainer(ctx)
