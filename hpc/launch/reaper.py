@@ -24,7 +24,9 @@ Three pieces use it: `hpc` ranks make themselves subreapers and end their descen
 ARGS` (`wrap`), a small parent that redirects stdin from /dev/null, runs the program, and when it
 exits (or the rank is told to stop) ends everything the program left behind; and the local launcher
 tags each job's environment with HPC_LAUNCH_ID and, when the job ends, ends every process still
-carrying that tag (what a SIGKILLed rank's orphans escaped to PID 1 with).
+carrying that tag (what a SIGKILLed rank's orphans escaped to PID 1 with). The wrapper costs about
+50 ms of Python start-up per rank (measured here: `python -m hpc.launch.reaper -- true` 0.05 s), once
+per point, beside mpirun's own second or so.
 """
 
 from __future__ import annotations
