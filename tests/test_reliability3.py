@@ -317,6 +317,16 @@ def test_case_timeout_must_be_a_positive_number(value):
     assert "--case-timeout" in line and "deadlock" not in line
 
 
+@pytest.mark.parametrize("argv", [["compare", "a.jsonl", "b.jsonl", "--threshold", "nan"],
+                                  ["compare", "a.jsonl", "b.jsonl", "--fail-if-worse", "-5"],
+                                  ["predict", "a.jsonl", "--check", "b.jsonl", "--max-error", "nan"],
+                                  ["data", "make", "x.h5", "--samples", "0"],
+                                  ["train", "--np", "2", "--seed", "-1"]])
+def test_analysis_and_data_numbers_are_checked_by_name(argv):
+    line = one_error_line(hpc(*argv, timeout=60))
+    assert argv[-2] in line, line
+
+
 def test_momentum_must_be_a_finite_number():
     line = one_error_line(hpc("train", "--np", "2", "--momentum", "nan", timeout=60))
     assert "--momentum" in line and "diverged" not in line

@@ -9,6 +9,7 @@ import sys
 from hpc.analysis.compare import (METRICS, NOISE_BAND_PCT, baseline_summary, compare_baseline,
                                   compare_records, comparison_table, csv_table)
 from hpc.analysis.ranking import rank_schemes, ranking_csv, ranking_tables, unranked
+from hpc.cli.args import float_min
 from hpc.errors import HpcError
 
 _HELP = f"""\
@@ -45,9 +46,9 @@ def register(sub) -> None:
                         "(default: mpi when both runs have it; 'none' to compare raw values)")
     p.add_argument("--metric", default="auto", choices=["auto", *METRICS],
                    help="what to compare (default auto)")
-    p.add_argument("--threshold", type=float, default=NOISE_BAND_PCT, metavar="PCT",
+    p.add_argument("--threshold", type=float_min(0), default=NOISE_BAND_PCT, metavar="PCT",
                    help=f"noise band: smallest change in percent that can count (default {NOISE_BAND_PCT:g})")
-    p.add_argument("--fail-if-worse", type=float, default=None, metavar="PCT",
+    p.add_argument("--fail-if-worse", type=float_min(0), default=None, metavar="PCT",
                    help="exit 1 when any point is worse by more than PCT percent")
     p.add_argument("--wide", action="store_true", help="all columns (medians, change, band, reps)")
     p.add_argument("--max-memory", metavar="SIZE",

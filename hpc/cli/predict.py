@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from hpc.cli.args import float_min
 from hpc.errors import HpcError
 
 _HELP = """\
@@ -38,9 +39,9 @@ def register(sub) -> None:
     p.add_argument("--check", metavar="HELDOUT",
                    help="records or CSV measured at rank counts left out of PATH: print predicted vs "
                         "measured, the error and whether each interval covered")
-    p.add_argument("--max-error", type=float, metavar="PCT",
+    p.add_argument("--max-error", type=float_min(0), metavar="PCT",
                    help="with --check: exit 1 when the mean absolute error exceeds PCT percent")
-    p.add_argument("--min-coverage", type=float, metavar="PCT",
+    p.add_argument("--min-coverage", type=float_min(0), metavar="PCT",
                    help="with --check: exit 1 when fewer than PCT percent of the intervals cover")
     p.add_argument("--json", action="store_true", help="print JSON rows (one per curve and N)")
     p.add_argument("-v", "--detail", action="store_true", help="also every candidate model per curve")
