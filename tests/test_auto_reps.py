@@ -26,11 +26,24 @@ def test_bench_batches_auto_adds_batches_within_the_budget(tmp_path):
         assert r["auto"]["stopped"] in ("decided", "max-reps", "max-time") and r["auto"]["reference"] == "mpi"
         assert 5 <= r["batches"] == len(r["times_s"]) <= 12
     assert recs[0]["batches"] == recs[1]["batches"]          # interleaved: every algorithm each round
+    assert {r["interleave"] for r in recs} == {"call"}         # auto: calls alternate within a round
     cmp = hpc("compare", str(out), "--baseline", "mpi", "--json", timeout=120)
     assert cmp.returncode == 0, cmp.stderr
     (row,) = json.loads(cmp.stdout)
     assert row["paired"] and row["verdict"] in ("worse", "inconclusive"), row   # twice the work: never "same"
     assert row["detectable_pct"] > 10 and row["a_n"] == recs[0]["batches"]
+
+
+def test_calls_interleave_on_request(tmp_path):
+    """--interleave call with a fixed number of batches: every algorithm's calls alternate in each round
+    (a clobbering or wrong plug-in is still caught: the check runs before)."""
+    out = tmp_path / "c.jsonl"
+    proc = hpc("bench", "collective", "--algo", f"{NATIVE},ring,mpi", "--np", "2", "--sizes", "4KB,64KB",
+               "--batches", "3", "--interleave", "call", "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    recs = records.load(out)
+    assert len(recs) == 6 and all(r["interleave"] == "call" and r["batches"] == 3 and r["correct"] for r in recs)
+    assert all(r["time_s"] > 0 and len(r["times_s"]) == 3 for r in recs)
 
 
 def test_auto_flags_are_checked():

@@ -149,16 +149,22 @@ def test_runs_that_ran_out_of_repetitions_are_inconclusive_not_same():
     rng = np.random.default_rng(0)
     base = mpi[0]["time_s"]
     mpi[0]["times_s"] = list(base * np.exp(rng.normal(0, 0.3, 6)))
-    mine[0]["times_s"] = list(base * 1.3 * np.exp(rng.normal(0, 0.3, 6)))
+    ratios = np.exp([0.5, -0.2, 0.6, 0.1, 0.45, -0.1])   # about 1.25× slower, seen through much noise
+    mine[0]["times_s"] = list(np.array(mpi[0]["times_s"]) * ratios)
     mine[0]["time_s"] = float(np.median(mine[0]["times_s"]))
-    mine[0]["provenance"] = mpi[0]["provenance"]
-    rows, _ = compare.compare_baseline(mpi + mine, "mpi")
-    assert rows[0]["verdict"] == "same" and not rows[0]["decided"], rows
+    mine[0]["provenance"], mine[0]["point_id"] = mpi[0]["provenance"], mpi[0]["point_id"]  # one run
+    rows, _ = compare.compare_baseline(mpi + mine, "mpi", "time")
+    assert rows[0]["verdict"] == "same" and rows[0]["paired"] and not rows[0]["decided"], rows
     for r in mpi + mine:
         r["auto"] = {"unit": "batches", "max_reps": 6, "stopped": "max-reps"}
-    rows, _ = compare.compare_baseline(mpi + mine, "mpi")
+    rows, _ = compare.compare_baseline(mpi + mine, "mpi", "time")
     assert rows[0]["verdict"] == "inconclusive" and rows[0]["needs_reps"] > 0, rows
     assert compare.verdict_text(rows[0]).startswith("inconclusive (≈")
+    mine[0]["times_s"] = [t * 1.02 for t in mpi[0]["times_s"][::-1]]   # A/A through the same noise
+    mine[0]["time_s"] = float(np.median(mine[0]["times_s"]))
+    rows, _ = compare.compare_baseline(mpi + mine, "mpi", "time")
+    assert rows[0]["verdict"] == "same" and not rows[0]["decided"], rows   # same, within a wide ±X%
+    assert rows[0]["detectable_pct"] > 20
 
 
 # ---------------------------------------------------------------- rankings (issue 19)

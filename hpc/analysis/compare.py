@@ -221,8 +221,13 @@ def judge(row: dict[str, Any], band_log: float, drift: float = 1.0) -> None:
 
 def auto_undecided(row: dict[str, Any], recs: Iterable[dict[str, Any]]) -> None:
     """A run that added repetitions until the answer was clear (`--batches auto`, `--reps auto`) and
-    ran out of budget is "inconclusive" where its interval still decides nothing, not "same"."""
-    if row.get("verdict") == "same" and not row.get("decided") and any(r.get("auto") for r in recs):
+    ran out of budget first is "inconclusive" where its estimate lies beyond the band but its interval
+    still reaches into it (a 2× regression seen through too much noise), never "same". An estimate
+    inside the band stays "same", with the (large) change it could have detected said beside it."""
+    fit = row.get("_fit")
+    d = fit[0].d if fit else math.log(row["ratio"])
+    if row.get("verdict") == "same" and not row.get("decided") and any(r.get("auto") for r in recs) \
+            and abs(d) > math.log1p(row["band_pct"] / 100):
         row["verdict"] = "inconclusive"
         row["inconclusive_why"] = "budget"
 

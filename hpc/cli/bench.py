@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="timed batches per size, each kept (default 5); 'auto': from 5, add batches until "
                         "every algorithm's verdict against mpi (else the first) is clear, within "
                         f"--max-reps/--max-time")
+    c.add_argument("--interleave", choices=("auto", "batch", "call"), default="auto",
+                   help="batch: batch b of every algorithm in turn; call: their calls alternate within "
+                        "each round, each timed (pairs see the same moments of a busy machine); "
+                        "auto (default): call with --batches auto, else batch")
     c.add_argument("--max-reps", type=int_min(bench.AUTO_MIN), default=None, metavar="K",
                    help=f"--batches auto: at most K batches per size (default {bench.AUTO_MAX_REPS})")
     c.add_argument("--max-time", type=float_pos, default=None, metavar="S",

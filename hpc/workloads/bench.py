@@ -51,6 +51,7 @@ class BenchConfig:
     case_timeout: float = 120.0
     device: str = "cpu"
     batches_auto: bool = False      # --batches auto: add batches until the verdicts are clear
+    interleave: str = "auto"        # batch | call | auto (call with --batches auto, else batch)
     max_reps: int | None = None     # auto: most batches per size (default AUTO_MAX_REPS)
     max_time: float | None = None   # auto: most seconds of batches per size (default AUTO_MAX_TIME)
 
@@ -59,8 +60,8 @@ class BenchConfig:
 # add one round at a time. On 2 busy cores a 64 KiB-4 MiB point settled within ~10-40 batches
 # (results/verdicts.md); the budget stops a point whose scatter would need far more.
 AUTO_MIN = 5
-AUTO_MAX_REPS = 60
-AUTO_MAX_TIME = 30.0
+AUTO_MAX_REPS = 100
+AUTO_MAX_TIME = 60.0
 
 
 def specs(text: str) -> list[str]:
@@ -95,6 +96,8 @@ def precheck(cfg: BenchConfig) -> None:
         raise HpcError(f"--max-reps must be >= {AUTO_MIN} and --max-time > 0")
     if cfg.json:
         records.check_writable(cfg.json, "--json records file")
+    if cfg.interleave not in ("auto", "batch", "call"):
+        raise HpcError(f"unknown --interleave '{cfg.interleave}' (use auto, batch or call)")
     if cfg.device not in ("cpu", "cuda"):
         raise HpcError(f"unknown --device '{cfg.device}' (use cpu or cuda)")
     if cfg.device == "cuda":
@@ -141,6 +144,7 @@ def run(cfg: BenchConfig) -> int:
     shuffle = random.Random(seed).shuffle  # the same order of every round on every rank
     reference = "mpi" if any(c.name == "mpi" for c in colls) else colls[0].name
     rounds = max(1, cfg.batches) if not cfg.batches_auto else (cfg.max_reps or AUTO_MAX_REPS)
+    by_call = interleave(cfg) == "call"
     watch = Watchdog()
     try:
         with Progress(console=out, transient=True, disable=comm.Get_rank() != 0) as progress:
@@ -159,7 +163,10 @@ def run(cfg: BenchConfig) -> int:
                 stopped, start = None, time.monotonic()
                 for b in range(rounds):
                     progress.update(task, description=f"{nbytes} B: batch {b + 1}")
-                    for pt in _shuffled(pts, shuffle):
+                    if by_call:
+                        watch.arm(cfg.case_timeout + 40 * cfg.target_time * len(pts), f"batch {b + 1} at {nbytes} B")
+                        time_round(comm, _shuffled(pts, shuffle), bufs)
+                    for pt in _shuffled(pts, shuffle) if not by_call else ():
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
                         pt.batches.append(time_batch(own[pt.coll.spec], pt, bufs))
                         if pt.clobbers:
@@ -172,7 +179,7 @@ def run(cfg: BenchConfig) -> int:
                 watch.disarm()
                 recs = [record(own[pt.coll.spec], pt, bufs, cfg) for pt in pts]
                 for rec in recs:
-                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes, order_seed=seed)
+                    rec.update(provenance=prov, nodes=rec["nodes"] or nodes, order_seed=seed, interleave=interleave(cfg))
                     if cfg.batches_auto:
                         rec["auto"] = {"unit": "batches", "min": AUTO_MIN, "max_reps": rounds,
                                        "max_time_s": cfg.max_time or AUTO_MAX_TIME, "reference": reference,
@@ -193,6 +200,40 @@ def run(cfg: BenchConfig) -> int:
         raise HpcError(f"{len(failed)} point(s) gave wrong results, first: {failed[0]['algo']} "
                        f"at {failed[0]['size_bytes']} B")
     return 0
+
+
+def interleave(cfg: BenchConfig) -> str:
+    """How the algorithms' timed batches interleave: "batch" (batch b of each in turn) or "call" (their
+    calls alternate inside one round; the default of --batches auto)."""
+    return cfg.interleave if cfg.interleave != "auto" else ("call" if cfg.batches_auto else "batch")
+
+
+def time_round(comm: "MPI.Comm", pts: list["Point"], bufs: Buffers) -> None:
+    """One batch of every algorithm with their calls interleaved (a weighted round robin over their
+    iteration counts), each call timed on its own and summed per algorithm.
+
+    Pairs of batches then see the same moments of the machine: at load average 29 on 2 cores the log
+    ratio of an A/A pair of 1 MiB batches scattered with sd 0.70 taken batch after batch and 0.20
+    call by call (100 calls, 30 rounds), so far fewer rounds decide a verdict. The clock costs well
+    under a microsecond a call: nothing beside a 64 KiB allreduce, a few percent at 8 B."""
+    sched = sorted(((j + 0.5) / pt.iters, k) for k, pt in enumerate(pts) for j in range(pt.iters))
+    spent = [0.0] * len(pts)
+    clock = time.perf_counter
+    comm.Barrier()
+    for _, k in sched:
+        pt = pts[k]
+        t0 = clock()
+        try:
+            pt.call()
+        except HpcError:
+            raise
+        except Exception as exc:
+            raise _raised(pt.coll, bufs, exc) from None
+        spent[k] += clock() - t0
+        if pt.clobbers:  # untimed: the next call of any algorithm needs the input as it was
+            bufs.restore()
+    for pt, t in zip(pts, spent):
+        pt.batches.append(t / pt.iters)
 
 
 def _shuffled(pts: list["Point"], shuffle: Any) -> list["Point"]:
@@ -404,8 +445,11 @@ def _iters_for(comm: "MPI.Comm", call: Any, target: float) -> int:
     """Iterations so one batch lasts about `target` seconds; the same on every rank.
 
     Calibrated on at least three groups of calls (1, 2, 4... calls while a group is short), from the
-    median time per call: one call alone is too easily descheduled on a busy machine (a single slow
-    call once sized a 1 MiB batch at 2 iterations where its neighbours got 194)."""
+    fastest group's time per call: on a busy machine calls are descheduled, which only ever makes them
+    slower, so the least-disturbed group is the best estimate of the call's own cost (one slow call
+    once sized a 1 MiB batch at 2 iterations where its neighbours got 194; at load average 20 on 2
+    cores even the median of the groups gave an A/A pair 4 and 145 iterations, and a batch of 4 calls
+    samples the scheduler's noise quite differently from one of 145)."""
     from mpi4py import MPI
 
     n, spent, per_call = 1, 0.0, []
@@ -421,7 +465,7 @@ def _iters_for(comm: "MPI.Comm", call: Any, target: float) -> int:
             break
         if dt < target / 4:
             n *= 2
-    return int(min(1000, max(1, round(target / max(statistics.median(per_call), 1e-7)))))
+    return int(min(1000, max(1, round(target / max(min(per_call), 1e-7)))))
 
 
 def table(rows: list[dict[str, Any]], p: int):
