@@ -94,6 +94,10 @@ def _vds(tmp_path: Path) -> Path:
     path = tmp_path / "v.h5"
     with h5py.File(path, "w") as f:
         f.create_virtual_dataset("x", layout, fillvalue=0)
+        half = h5py.VirtualLayout(shape=(128, 8), dtype=np.float32)
+        half[:64] = h5py.VirtualSource(str(tmp_path / "src.h5"), "x", shape=(64, 8))
+        half[64:] = h5py.VirtualSource(str(tmp_path / "src.h5"), "not_there", shape=(64, 8))
+        f.create_virtual_dataset("x2", half, fillvalue=0)
         f["y"] = np.arange(128) % 4
         f["linked"] = h5py.ExternalLink(str(tmp_path / "missing.h5"), "/x")
     return path
@@ -110,11 +114,12 @@ def test_a_virtual_dataset_with_a_missing_source_is_refused_and_inspect_warns(tm
     assert any("gone.h5" in m for d in info["datasets"] for m in d["missing"])
 
 
-def test_an_external_link_to_a_missing_file_is_named_as_such(tmp_path):
+@pytest.mark.parametrize("x,says", [("linked", "external link to"), ("x2", "holds no dataset not_there")])
+def test_an_external_link_or_virtual_source_that_leads_nowhere_is_named(tmp_path, x, says):
     path = _vds(tmp_path)
-    line = one_error_line(hpc("train", "--np", "2", "--data", str(path), "--x-name", "linked", "--steps", "2",
+    line = one_error_line(hpc("train", "--np", "2", "--data", str(path), "--x-name", x, "--steps", "2",
                               "--batch", "8", timeout=240))
-    assert "external link" in line and "missing.h5" in line, line
+    assert says in line, line
 
 
 def test_verify_requires_every_rank_to_hold_the_same_bits():

@@ -231,6 +231,19 @@ def _locate(file_name: str, relative_to: str) -> str | None:
     return None
 
 
+def _holds_dataset(path: str, name: str, here: Any) -> bool:
+    """Whether the HDF5 file at `path` (or the open file `here`, when it is that file) has dataset `name`."""
+    import h5py
+
+    try:
+        if os.path.abspath(path) == os.path.abspath(here.filename):
+            return isinstance(here.get(name), h5py.Dataset)
+        with h5py.File(path, "r", locking=False) as f:
+            return isinstance(f.get(name), h5py.Dataset)
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def missing_sources(ds: Any) -> list[str]:
     """What a dataset stored outside its file lacks: each missing source file of a virtual dataset,
     each missing raw file of external storage (described in words; [] when nothing is missing)."""
@@ -238,8 +251,11 @@ def missing_sources(ds: Any) -> list[str]:
     try:
         if ds.is_virtual:
             for src in ds.virtual_sources():
-                if _locate(src.file_name, ds.file.filename) is None:
+                where = _locate(src.file_name, ds.file.filename)
+                if where is None:
                     out.append(f"is virtual and its source file {src.file_name} (dataset {src.dset_name}) is missing")
+                elif not _holds_dataset(where, src.dset_name, ds.file):
+                    out.append(f"is virtual and its source {src.file_name} holds no dataset {src.dset_name}")
         for raw, _offset, _size in ds.external or ():
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             if _locate(name, ds.file.filename) is None:
