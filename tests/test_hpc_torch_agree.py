@@ -216,3 +216,15 @@ def test_sync_batch_norm_equals_batch_norm_on_the_global_batch(tmp_path: Path) -
     for r in range(2):
         diffs = json.loads(Path(f"{out}.rank{r}").read_text())
         assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_join_with_distributed_optimizer_takes_part_with_zeros(tmp_path: Path) -> None:
+    """Uneven data: rank 1 waits in hvd.join() while rank 0 takes one more optimizer step. Rank 0's update
+    is its gradient averaged with rank 1's zeros (Horovod's join), join returns the last rank to join on
+    both, and after a broadcast the ranks train on together (no hang, no step-count error)."""
+    out = tmp_path / "join.json"
+    proc = mpirun(2, sys.executable, str(SCRIPT), "join", str(out), timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
+    assert [x["last"] for x in res] == [0, 0] and all(x["same"] for x in res)
+    assert res[0]["zero_averaged"] < 1e-6

@@ -8,6 +8,8 @@ previous step's reduced gradients (plug-in collectives only: every rank must hol
 a plug-in whose ranks differ by one ulp would otherwise let the models drift apart silently).
 A mismatch raises the same HorovodInternalError on every rank. A rank that shuts down posts the same
 exchange marked "leaving", so a peer waiting for its step ends with an error naming it, not a hang.
+A rank inside hvd.join() posts it marked "joined" and, while others still step, reduces zeros with
+them (Horovod's join: uneven data; the average still divides by every rank).
 It is a non-blocking MPI_Iallgather tested with a short back-off: no core spins while peers compute.
 """
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     import torch
     from mpi4py import MPI
 
-TAG, STEP, LEAVE = 0x68707421, 1, 2
+TAG, STEP, LEAVE, JOINED = 0x68707421, 1, 2, 3
 SAMPLE_STRIDE = 61      # every 61st gradient value goes into the checksum (~1.6 % of a pass)
 STALL_WARN_S = 60.0
 
@@ -72,7 +74,7 @@ class StepAgreement:
         self.checksum = 0                  # of the last reduced gradients (0: not checked)
         self.mine = np.zeros(6, np.int64)
         self.all = np.zeros((comm.Get_size(), 6), np.int64)
-        self.left = False
+        self.peer_left = False             # a peer's "leaving" was matched: no exchange can match any more
 
     def _post(self, state: int) -> "MPI.Request":
         self.mine[:] = (TAG, state, self.step, self.layout, self.checksum, 0)
@@ -84,33 +86,54 @@ class StepAgreement:
         self._check()
         self.step += 1
 
-    def _check(self) -> None:
-        rows = self.all
-        who = self.world_ranks
+    def _common(self, what: str) -> None:
+        """Checks for every kind of round: nobody left, everybody has the same buckets."""
+        rows, who = self.all, self.world_ranks
         leaving = [who[r] for r in range(len(rows)) if rows[r, 1] == LEAVE]
         if leaving:
+            self.peer_left = True
             raise HorovodInternalError(
-                f"rank(s) {leaving} shut down (finished or called hvd.shutdown()) while this rank started "
-                f"optimizer step {self.step}: every rank must take the same number of optimizer steps")
+                f"rank(s) {leaving} shut down (finished or called hvd.shutdown()) while this rank {what}: "
+                "every rank must take the same number of optimizer steps (or call hvd.join())")
         if len(set(rows[:, 3].tolist())) > 1:
             raise HorovodInternalError(
                 "DistributedOptimizer: the ranks' gradient buckets differ (parameter names, shapes, dtypes, "
                 "op, compression or backward_passes_per_step): every rank must build the same model and "
                 "optimizer")
-        if len(set(rows[:, 2].tolist())) > 1:
-            steps = {who[r]: int(rows[r, 2]) for r in range(len(rows))}
+
+    def _check(self) -> None:
+        self._common(f"started optimizer step {self.step}")
+        rows, who = self.all, self.world_ranks
+        stepping = [r for r in range(len(rows)) if rows[r, 1] == STEP]  # joined ranks reduce zeros
+        if len({int(rows[r, 2]) for r in stepping}) > 1:
+            steps = {who[r]: int(rows[r, 2]) for r in stepping}
             raise HorovodInternalError(f"DistributedOptimizer: the ranks are at different steps {steps}")
-        sums = rows[:, 4].tolist()
-        if len(set(sums)) > 1:
+        sums = {who[r]: int(rows[r, 4]) for r in stepping}
+        if len(set(sums.values())) > 1:
             raise HorovodInternalError(
                 f"collective '{self.collective}' gave the ranks different answers in optimizer step "
-                f"{self.step - 1} (checksums of the reduced gradients differ: "
-                f"{ {who[r]: int(s) for r, s in enumerate(sums)} }); the models would drift apart. "
-                "A collective must leave the identical result on every rank")
+                f"{self.step - 1} (checksums of the reduced gradients differ: {sums}); the models would "
+                "drift apart. A collective must leave the identical result on every rank")
+
+    def post_joined(self) -> "MPI.Request":
+        """Main thread inside hvd.join(): offer to take part (with zeros) in the others' next step."""
+        return self._post(JOINED)
+
+    def joined_round(self) -> bool:
+        """After a 'joined' round completed: True if others stepped (reduce zeros with them, then post
+        again), False once every rank has joined (step counts realigned, this engine is done)."""
+        self._common("waited in hvd.join()")
+        if all(int(s) == JOINED for s in self.all[:, 1]):
+            self.step = int(self.all[:, 2].max())
+            self.checksum = 0
+            return False
+        return True
 
     def leave(self) -> Callable[[], None]:
         """Main thread at shutdown (the engine is idle): post 'leaving'; returns the wait for it
         (it completes when every peer has left too, or has reached its next step)."""
+        if self.peer_left:
+            return lambda: None
         req = self._post(LEAVE)
 
         def wait() -> None:

@@ -300,10 +300,23 @@ def synchronize(handle: int) -> Any:
 
 
 def join(device: int = -1) -> int:
-    """Wait until every rank joined, taking part in the others' allreduces with zeros meanwhile;
-    returns the last rank to join (the same on every rank)."""
-    rt = state().runtime
-    return int(rt.wait(rt.join()))
+    """Wait until every rank joined, taking part in the others' allreduces and DistributedOptimizer
+    steps with zeros meanwhile (uneven data); returns the last rank to join (the same everywhere)."""
+    import time
+
+    from hpc.torch._optimizer import join_gradients
+
+    st = state()
+    rt = st.runtime
+    engines_done = join_gradients(st.grads)  # posted before the coordinator can see this rank joined
+    handle = rt.join()
+    delay = 2e-5
+    while not (engines_done() and handle.event.is_set()):
+        if rt.down or not rt.thread.is_alive():
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, 1e-3)
+    return int(rt.wait(handle))
 
 
 def barrier(process_set=global_process_set) -> None:

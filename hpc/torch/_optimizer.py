@@ -53,6 +53,36 @@ class _GradEngine:
             return lambda: None  # mid-step (an error on the way out): nothing can be matched safely
         return self.agreement.leave()
 
+    def zero_step(self) -> None:
+        """Inside hvd.join(): the others' step, this rank's gradients all zero (same buckets, same order)."""
+        import torch
+
+        eng = self.engine
+        for b in eng.buckets:
+            buf = torch.zeros(b.numel, dtype=eng.wire.dtype, device=eng.flat.device if eng.wire.direct else "cpu")
+            arr = buf if eng.wire.direct else buf.numpy()
+            eng.allreduce(eng.comm, arr, arr, eng.sum)
+
+
+def join_gradients(grads: list[_GradEngine]) -> Callable[[], bool]:
+    """hvd.join() for DistributedOptimizers: offer every idle engine's 'joined' round; the returned
+    progress() reduces zeros whenever the other ranks step and says True once every rank has joined."""
+    pending = {g: g.agreement.post_joined() for g in grads
+               if g.engine.comm is not None and not g.engine.in_step and not g.agreement.peer_left
+               and g.engine.before_reduce is not None}
+
+    def progress() -> bool:
+        for g, req in list(pending.items()):
+            if req.Test():
+                if g.agreement.joined_round():
+                    g.zero_step()
+                    pending[g] = g.agreement.post_joined()
+                else:
+                    del pending[g]
+        return not pending
+
+    return progress
+
 
 class _DistributedOptimizer:
     """Mixed in front of the user's optimizer class; see DistributedOptimizer()."""

@@ -204,6 +204,13 @@ class Runtime:
         from mpi4py import MPI
 
         worked = False
+        responses: list[Response] = []
+        status = MPI.Status()
+        if self.coordinator is not None:  # what already arrived from others first: join order is arrival order
+            while self.ctl.iprobe(source=MPI.ANY_SOURCE, tag=REQ, status=status):
+                for req in self.ctl.recv(source=status.Get_source(), tag=REQ):
+                    self.coordinator.add(req)
+                worked = True
         batch: list[Request] = []
         while self.queue:
             batch.append(self.queue.popleft())
@@ -214,13 +221,7 @@ class Runtime:
                     self.coordinator.add(req)
             else:
                 self.sends.append(self.ctl.isend(batch, dest=0, tag=REQ))
-        responses: list[Response] = []
-        status = MPI.Status()
         if self.coordinator is not None:
-            while self.ctl.iprobe(source=MPI.ANY_SOURCE, tag=REQ, status=status):
-                for req in self.ctl.recv(source=status.Get_source(), tag=REQ):
-                    self.coordinator.add(req)
-                worked = True
             out = self.coordinator.ready()
             if out:
                 for dest in range(1, self.world):

@@ -6,6 +6,7 @@
     mpirun -n 2 python hvd_errors.py kill                # rank 1 is killed while rank 0 waits
     mpirun -n 2 python hvd_errors.py train OUT.pt        # a few optimizer steps (plug-in checks)
     mpirun -n 2 python hvd_errors.py syncbn OUT.json     # hvd.SyncBatchNorm vs BatchNorm on the global batch
+    mpirun -n 2 python hvd_errors.py join OUT.json       # uneven steps, hvd.join(), then training goes on
 
 `mismatch` writes, per rank, {case: [exception type, message, seconds]} to OUT.json.rank<R>.
 """
@@ -119,6 +120,34 @@ def syncbn(out: str) -> None:
         json.dump(res, f)
 
 
+def join(out: str) -> None:
+    """Rank 0 takes one step more than rank 1, which waits in hvd.join() meanwhile and takes part with
+    zero gradients: rank 0's last update is its own gradient averaged with zeros (Horovod's join). Then
+    both realign (broadcast) and train on."""
+    model, opt = _model()
+    r = hvd.rank()
+    _steps(model, opt, 2)
+    res = {}
+    if r == 0:
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(9))
+        params = list(model.parameters())
+        local = torch.autograd.grad(model(x).sum(), params)
+        before = [p.detach().clone() for p in params]
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        res["zero_averaged"] = max((b - p.detach() - 0.1 * g / 2).abs().max().item()
+                                   for b, p, g in zip(before, params, local))
+    res["last"] = hvd.join()
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    _steps(model, opt, 1)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    rows = hvd.allgather(flat[None])
+    res["same"] = bool(torch.equal(rows[0], rows[1]))
+    with open(f"{out}.rank{r}", "w") as f:
+        json.dump(res, f)
+
+
 def kill() -> None:
     if hvd.rank() == 1:
         time.sleep(1.0)
@@ -130,5 +159,6 @@ if __name__ == "__main__":
     hvd.init()
     case = sys.argv[1]
     {"mismatch": lambda: mismatch(sys.argv[2]), "skip": skip, "skip-step": skip_step, "kill": kill,
-     "train": lambda: train(sys.argv[2]), "syncbn": lambda: syncbn(sys.argv[2])}[case]()
+     "train": lambda: train(sys.argv[2]), "syncbn": lambda: syncbn(sys.argv[2]),
+     "join": lambda: join(sys.argv[2])}[case]()
     print(f"rank {hvd.rank()}: {case} done", flush=True)
