@@ -2,8 +2,9 @@
 
     # hpc.torch ÷ Horovod (the example as Horovod ships it vs. a copy with only the import changed)
     python tests/bench_hpc_torch_synthetic.py --script HOROVOD/examples/pytorch/pytorch_synthetic_benchmark.py
-    # what DistributedOptimizer's per-step agreement costs (hpc.torch with vs. without it)
-    python tests/bench_hpc_torch_synthetic.py --script ... --compare step-check
+    # what DistributedOptimizer's per-step agreement costs (hpc.torch with vs. without it), on the
+    # ResNet-18 of results/sync-resnet18-np2 (32x32 images, 8 per rank)
+    python tests/bench_hpc_torch_synthetic.py --script ... --compare step-check --image 32
 
 The example is Horovod's code and not part of this repository: --script, else
 $HPC_HOROVOD_EXAMPLES/pytorch/pytorch_synthetic_benchmark.py. torchvision does not import with this
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--collective", default="auto", help="HPC_COLLECTIVE for the hpc.torch runs")
+    ap.add_argument("--image", type=int, default=224,
+                    help="image side for both arms (the example hard-codes 224; changes both copies alike)")
     ap.add_argument("example_args", nargs="*", help="after --: arguments for the example")
     args = ap.parse_args()
     source = Path(args.script)
@@ -58,8 +61,16 @@ def main() -> None:
         raise SystemExit(f"{source}: not Horovod's pytorch_synthetic_benchmark.py (set --script)")
     example_args = args.example_args or DEFAULT_ARGS
     with tempfile.TemporaryDirectory() as tmp:
+        text = source.read_text()
+        if args.image != 224:
+            if text.count("3, 224, 224") != 1:
+                raise SystemExit(f"{source}: cannot find the example's image size to change")
+            text = text.replace("3, 224, 224", f"3, {args.image}, {args.image}")
+            source = Path(tmp) / "horovod" / source.name
+            source.parent.mkdir()
+            source.write_text(text)
         hpc_script = Path(tmp) / source.name
-        hpc_script.write_text(source.read_text().replace(IMPORT, "import hpc.torch as hvd\n"))
+        hpc_script.write_text(text.replace(IMPORT, "import hpc.torch as hvd\n"))
         hpc_env = {"HPC_COLLECTIVE": args.collective}
         if args.compare == "horovod":
             arms = [("hpc.torch", hpc_script, hpc_env), ("horovod", source, {})]
