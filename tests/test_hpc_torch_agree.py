@@ -63,6 +63,26 @@ def test_mismatch_is_one_error_for_every_rank_naming_field_and_ranks() -> None:
     assert mismatch("broadcast", "broadcast.w", {0: (("root rank", 0),), 1: (("root rank", 0),)}) is None
 
 
+def test_a_repeated_name_is_matched_by_its_fingerprint_alone() -> None:
+    """The response cache: the second time rank 1 sends 'x' with the same signature it sends only the
+    fingerprint; a changed signature travels in full again and is compared in full."""
+    from hpc.torch._negotiate import fingerprint
+
+    c = coordinator()
+    sig = (("dtype", "float32"), ("shape", (2, 3)))
+    other = (("dtype", "float32"), ("shape", (3, 2)))
+    for r in (0, 1):
+        c.add(Request("allreduce", "allreduce.x", 0, sig, None, r, fingerprint(sig)))
+    assert c.ready()[0].error is None
+    c.add(Request("allreduce", "allreduce.x", 0, sig, None, 0, fingerprint(sig)))
+    c.add(Request("allreduce", "allreduce.x", 0, (), None, 1, fingerprint(sig)))  # elided
+    (resp,) = c.ready()
+    assert resp.error is None and resp.sig == sig
+    c.add(Request("allreduce", "allreduce.x", 0, sig, None, 0, fingerprint(sig)))
+    c.add(Request("allreduce", "allreduce.x", 0, other, None, 1, fingerprint(other)))
+    assert "rank 0: [2, 3]; rank 1: [3, 2]" in c.ready()[0].error
+
+
 def test_process_sets_match_on_their_members_only() -> None:
     c = coordinator(3, {0: [0, 1, 2], 1: [1, 2]})
     c.add(req(1, set_id=1))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from hpc.torch._errors import HorovodInternalError
-from hpc.torch._negotiate import JOIN, SHUTDOWN, WAITING, Coordinator, Key, Request, Response
+from hpc.torch._negotiate import JOIN, SHUTDOWN, WAITING, Coordinator, Key, Request, Response, fingerprint
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -88,6 +88,7 @@ class Runtime:
         self.ids = itertools.count(1)
         self.unnamed: dict[tuple[int, str], int] = collections.defaultdict(int)
         self.sends: list = []
+        self.sent_sigs: dict[Key, int] = {}   # what the coordinator already holds for each name
         self.down: str | None = None          # why collectives are over (set once)
         self.stop = False
         self.thread = threading.Thread(target=self._loop, name="hpc-torch-collectives", daemon=True)
@@ -107,6 +108,7 @@ class Runtime:
         if self.down:
             raise HorovodInternalError(self.down)
         req.rank = self.rank
+        req.sig_id = fingerprint(req.sig)
         handle = Handle(req.key)
         with self.lock:
             if req.key in self.pending:
@@ -220,7 +222,7 @@ class Runtime:
                 for req in batch:
                     self.coordinator.add(req)
             else:
-                self.sends.append(self.ctl.isend(batch, dest=0, tag=REQ))
+                self.sends.append(self.ctl.isend([self._compact(r) for r in batch], dest=0, tag=REQ))
         if self.coordinator is not None:
             out = self.coordinator.ready()
             if out:
@@ -240,6 +242,15 @@ class Runtime:
         if self.sends:
             self.sends = [s for s in self.sends if not s.Test()]
         return worked
+
+    def _compact(self, req: Request) -> Request:
+        """Send a name's signature only when it changed since this rank last sent that name."""
+        if not req.sig_id or req.kind in (SHUTDOWN, JOIN, WAITING):
+            return req
+        if self.sent_sigs.get(req.key) == req.sig_id:
+            return Request(req.kind, req.name, req.set_id, (), req.info, req.rank, req.sig_id)
+        self.sent_sigs[req.key] = req.sig_id
+        return req
 
     def _for(self, resp: Response, rank: int) -> bool:
         if resp.kind in (SHUTDOWN, JOIN):
