@@ -164,9 +164,9 @@ def broadcast(info: "SetInfo", root: int, tensors: list["torch.Tensor"],
             flat = torch.cat([h.reshape(-1).view(torch.uint8) for h in hosts])
         info.data.Bcast(flat.numpy(), root=root_in_set)
         off = 0
-        for t, o in zip(hosts, outputs):
+        for t, inp, o in zip(hosts, tensors, outputs):
             nb = t.numel() * t.element_size()
-            if me != root_in_set or o is not t:
+            if me != root_in_set or o is not inp:  # the root's in-place tensors hold the answer already
                 src = flat[off:off + nb].view(t.dtype).view(t.shape)
                 if o.data_ptr() != src.data_ptr():
                     o.copy_(src)
