@@ -248,3 +248,13 @@ def test_join_with_distributed_optimizer_takes_part_with_zeros(tmp_path: Path) -
     res = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
     assert [x["last"] for x in res] == [0, 0] and all(x["same"] for x in res)
     assert res[0]["zero_averaged"] < 1e-6
+
+
+def test_ranks_ending_with_different_parameters_are_told(tmp_path: Path) -> None:
+    """Horovod would not notice: at shutdown the ranks compare a checksum of their parameters (rank-specific
+    learning rates here); ranks that trained alike hear nothing."""
+    proc = mpirun(2, sys.executable, str(SCRIPT), "diverge", timeout=180, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "hpc.torch: warning: the ranks end with different parameters after 2 optimizer steps" in proc.stderr
+    alike = mpirun(2, sys.executable, str(SCRIPT), "train", str(tmp_path / "p.pt"), timeout=180, env=ENV)
+    assert alike.returncode == 0 and "warning" not in alike.stderr, alike.stderr[-3000:]

@@ -41,9 +41,9 @@ def fingerprint(items: list[Any]) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def sample_checksum(flat: "torch.Tensor") -> int:
-    """crc32 of every SAMPLE_STRIDE-th value's bytes (exact: identical answers give identical sums)."""
-    part = flat[::SAMPLE_STRIDE].detach().to("cpu").contiguous()
+def sample_checksum(flat: "torch.Tensor", stride: int = SAMPLE_STRIDE) -> int:
+    """crc32 of every stride-th value's bytes (exact: identical answers give identical sums)."""
+    part = flat[::stride].detach().to("cpu").contiguous()
     return zlib.crc32(part.numpy().tobytes())
 
 
@@ -76,8 +76,8 @@ class StepAgreement:
         self.all = np.zeros((comm.Get_size(), 6), np.int64)
         self.peer_left = False             # a peer's "leaving" was matched: no exchange can match any more
 
-    def _post(self, state: int) -> "MPI.Request":
-        self.mine[:] = (TAG, state, self.step, self.layout, self.checksum, 0)
+    def _post(self, state: int, extra: int = 0) -> "MPI.Request":
+        self.mine[:] = (TAG, state, self.step, self.layout, self.checksum, extra)
         return self.comm.Iallgather(self.mine, self.all)
 
     def before_step(self) -> None:
@@ -129,18 +129,24 @@ class StepAgreement:
             return False
         return True
 
-    def leave(self) -> Callable[[], None]:
-        """Main thread at shutdown (the engine is idle): post 'leaving'; returns the wait for it
-        (it completes when every peer has left too, or has reached its next step)."""
+    def leave(self, params_checksum: int = 0) -> Callable[[], None]:
+        """Main thread at shutdown (the engine is idle): post 'leaving' with a checksum of this rank's
+        parameters; returns the wait for it (done when every peer has left too, or has reached its next
+        step). Ranks that end with different parameters are told so: Horovod would not notice."""
         if self.peer_left:
             return lambda: None
-        req = self._post(LEAVE)
+        req = self._post(LEAVE, params_checksum)
 
         def wait() -> None:
             wait_request(req, "hpc.torch shutdown (waiting for the other ranks to finish their steps)")
-            stepping = [self.world_ranks[r] for r in range(len(self.all)) if self.all[r, 1] == STEP]
+            rows, who = self.all, self.world_ranks
+            stepping = [who[r] for r in range(len(rows)) if rows[r, 1] == STEP]
             if stepping:
                 sys.stderr.write(f"hpc.torch: warning: this rank shut down after {self.step} optimizer steps "
                                  f"while rank(s) {stepping} started another one\n")
+            elif self.comm.Get_rank() == 0 and len(set(rows[:, 5].tolist())) > 1:
+                sys.stderr.write(f"hpc.torch: warning: the ranks end with different parameters after {self.step} "
+                                 "optimizer steps (no hvd.broadcast_parameters after a rank-specific change? "
+                                 "a collective that gave ranks different answers?)\n")
 
         return wait

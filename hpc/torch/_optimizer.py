@@ -51,7 +51,13 @@ class _GradEngine:
     def leave(self) -> Callable[[], None]:
         if self.engine.comm is None or self.engine.in_step:
             return lambda: None  # mid-step (an error on the way out): nothing can be matched safely
-        return self.agreement.leave()
+        import torch
+
+        from hpc.torch._agree import SAMPLE_STRIDE, sample_checksum
+
+        with torch.no_grad():  # every SAMPLE_STRIDE-th value of each parameter, then one checksum
+            sample = torch.cat([p.detach().reshape(-1)[::SAMPLE_STRIDE].cpu() for p in self.engine.params])
+        return self.agreement.leave(sample_checksum(sample, stride=1))
 
     def zero_step(self) -> None:
         """Inside hvd.join(): the others' step, this rank's gradients all zero (same buckets, same order)."""

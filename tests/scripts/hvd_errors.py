@@ -7,6 +7,7 @@
     mpirun -n 2 python hvd_errors.py train OUT.pt        # a few optimizer steps (plug-in checks)
     mpirun -n 2 python hvd_errors.py syncbn OUT.json     # hvd.SyncBatchNorm vs BatchNorm on the global batch
     mpirun -n 2 python hvd_errors.py join OUT.json       # uneven steps, hvd.join(), then training goes on
+    mpirun -n 2 python hvd_errors.py diverge             # rank-specific learning rates: warned at the end
 
 `mismatch` writes, per rank, {case: [exception type, message, seconds]} to OUT.json.rank<R>.
 """
@@ -148,6 +149,19 @@ def join(out: str) -> None:
         json.dump(res, f)
 
 
+def diverge() -> None:
+    """Each rank steps with its own learning rate: the parameters drift apart (legal, but worth a word)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1 * (hvd.rank() + 1)),
+                                   named_parameters=model.named_parameters())
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(3, 4)).sum().backward()
+        opt.step()
+
+
 def kill() -> None:
     if hvd.rank() == 1:
         time.sleep(1.0)
@@ -160,5 +174,5 @@ if __name__ == "__main__":
     case = sys.argv[1]
     {"mismatch": lambda: mismatch(sys.argv[2]), "skip": skip, "skip-step": skip_step, "kill": kill,
      "train": lambda: train(sys.argv[2]), "syncbn": lambda: syncbn(sys.argv[2]),
-     "join": lambda: join(sys.argv[2])}[case]()
+     "join": lambda: join(sys.argv[2]), "diverge": diverge}[case]()
     print(f"rank {hvd.rank()}: {case} done", flush=True)
