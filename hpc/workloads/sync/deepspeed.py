@@ -43,7 +43,11 @@ def ds_config(batch: int, world: int, stage: int, bucket_bytes: int, fp16_compre
     elems = max(1, bucket_bytes // 4)
     zero: dict[str, Any] = {"stage": stage, "reduce_bucket_size": elems, "allgather_bucket_size": elems}
     if stage == 3:
-        zero.update(stage3_prefetch_bucket_size=elems, stage3_param_persistence_threshold=0)
+        # ZeRO-3 as memory-bound users run it: a gathered layer is released once used (DeepSpeed's
+        # default keeps up to 1e9 gathered parameters live, i.e. the whole model of a test run: its
+        # model states measured 40% above the ZeRO accounting, results/memory/README.md)
+        zero.update(stage3_prefetch_bucket_size=elems, stage3_param_persistence_threshold=0,
+                    stage3_max_live_parameters=elems, stage3_max_reuse_distance=elems)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": batch,
         "gradient_accumulation_steps": 1,
