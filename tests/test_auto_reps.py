@@ -27,6 +27,7 @@ def test_bench_batches_auto_adds_batches_within_the_budget(tmp_path):
         assert 5 <= r["batches"] == len(r["times_s"]) <= 12
     assert recs[0]["batches"] == recs[1]["batches"]          # interleaved: every algorithm each round
     assert {r["interleave"] for r in recs} == {"call"}         # auto: calls alternate within a round
+    assert recs[0]["iters"] == recs[1]["iters"]                # ... one beside the other
     cmp = hpc("compare", str(out), "--baseline", "mpi", "--json", timeout=120)
     assert cmp.returncode == 0, cmp.stderr
     (row,) = json.loads(cmp.stdout)
