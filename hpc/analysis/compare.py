@@ -193,10 +193,11 @@ def compare_samples(a: list[float], b: list[float], higher_is_better: bool,
 def _outliers(est: "stats.Estimate", a: list[float], b: list[float]) -> list[dict[str, Any]]:
     """The values the estimate named as outliers: paired, batch/rep i+1 and its ratio B/A; else the
     side, the repetition and its value. `set_aside`: the trimmed mean left it out."""
+    trimmed = est.trimmed > 0
     if est.paired:
-        aside = stats.trimmed_away([b[i] / a[i] for i in range(len(a))])
+        aside = stats.trimmed_away([b[i] / a[i] for i in range(len(a))], trimmed)
         return [{"index": i + 1, "ratio": b[i] / a[i], "set_aside": i in aside} for i in est.outliers]
-    aa, ab = stats.trimmed_away(a), stats.trimmed_away(b)
+    aa, ab = stats.trimmed_away(a, trimmed), stats.trimmed_away(b, trimmed)
     return ([{"side": "A", "index": i + 1, "value": a[i], "set_aside": i in aa} for i in est.outliers_a]
             + [{"side": "B", "index": i + 1, "value": b[i], "set_aside": i in ab} for i in est.outliers])
 

@@ -141,7 +141,8 @@ def run(cfg: BenchConfig) -> int:
     own = {coll.spec: comm.Dup() for coll in colls}  # a stray message cannot reach another algorithm
     rows: list[dict[str, Any]] = []
     seed = comm.bcast(random.randrange(2**31) if comm.Get_rank() == 0 else None, root=0)
-    shuffle = random.Random(seed).shuffle  # the same order of every round on every rank
+    order = random.Random(seed)  # the same orders on every rank (every rank draws the same numbers)
+    shuffle = order.shuffle
     reference = "mpi" if any(c.name == "mpi" for c in colls) else colls[0].name
     rounds = max(1, cfg.batches) if not cfg.batches_auto else (cfg.max_reps or AUTO_MAX_REPS)
     by_call = interleave(cfg) == "call"
@@ -167,7 +168,7 @@ def run(cfg: BenchConfig) -> int:
                     progress.update(task, description=f"{nbytes} B: batch {b + 1}")
                     if by_call:
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time * len(pts), f"batch {b + 1} at {nbytes} B")
-                        time_round(comm, _shuffled(pts, shuffle), bufs)
+                        time_round(comm, pts, bufs, order)
                     for pt in _shuffled(pts, shuffle) if not by_call else ():
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
                         pt.batches.append(time_batch(own[pt.coll.spec], pt, bufs))
@@ -210,19 +211,20 @@ def interleave(cfg: BenchConfig) -> str:
     return cfg.interleave if cfg.interleave != "auto" else ("call" if cfg.batches_auto else "batch")
 
 
-def time_round(comm: "MPI.Comm", pts: list["Point"], bufs: Buffers) -> None:
+def time_round(comm: "MPI.Comm", pts: list["Point"], bufs: Buffers, order: random.Random) -> None:
     """One batch of every algorithm with their calls interleaved (a weighted round robin over their
-    iteration counts), each call timed on its own and summed per algorithm.
+    iteration counts, each turn of the robin in a fresh random order, so no algorithm steadily
+    follows another), each call timed on its own and summed per algorithm.
 
     Pairs of batches then see the same moments of the machine: at load average 29 on 2 cores the log
     ratio of an A/A pair of 1 MiB batches scattered with sd 0.70 taken batch after batch and 0.20
     call by call (100 calls, 30 rounds), so far fewer rounds decide a verdict. The clock costs well
     under a microsecond a call: nothing beside a 64 KiB allreduce, a few percent at 8 B."""
-    sched = sorted(((j + 0.5) / pt.iters, k) for k, pt in enumerate(pts) for j in range(pt.iters))
+    sched = sorted(((j + 0.5) / pt.iters, order.random(), k) for k, pt in enumerate(pts) for j in range(pt.iters))
     spent = [0.0] * len(pts)
     clock = time.perf_counter
     comm.Barrier()
-    for _, k in sched:
+    for _, _, k in sched:
         pt = pts[k]
         t0 = clock()
         try:
