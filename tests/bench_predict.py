@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -134,7 +135,10 @@ def table(root: Path, python: str) -> str:
     rows = ["| case | law | our MAPE (all / unflagged) | intervals covering (median / runs) | refused | "
             "flagged | our model | Extra-P MAPE (" + " / ".join(names) + ") | Extra-P model (negative "
             "exponents) |", "|---|---|---|---|---|---|---|---|---|"]
-    tot: dict[str, list] = {"err": [], "cov": [], "runs": [], **{k: [] for k in names}}
+    from hpc.analysis.forecasts import _serious
+
+    tot: dict[str, list] = {"err": [], "clean": [], "caught": [], "cov": [], "runs": [],
+                            **{k: [] for k in names}}
     pct = lambda v: "—" if v is None else f"{v:.1f}%"  # noqa: E731
     for case, (_, _, what) in CASES.items():
         train, held = _dirs(root, case)
@@ -153,24 +157,31 @@ def table(root: Path, python: str) -> str:
 
         xm = {k: xmape(x) for k, x in xs.items()}
         models = sorted({r["model"] for r in rs if r["model"]})
-        if "*" not in case:
+        if "*" in case:  # outside the family: each held-out N should be refused or flagged
+            tot["caught"] += [r["time_s"] is None or _serious(r["flags"]) for r in rs]
+        else:
             tot["err"] += [abs(r["error_pct"]) for r in rs if r["error_pct"] is not None]
+            tot["clean"] += [abs(r["error_pct"]) for r in rs
+                             if r["error_pct"] is not None and not _serious(r["flags"])]
             for k, v in xm.items():
                 tot[k] += [] if v is None else [v]
         tot["cov"] += [r["covered"] for r in rs if r["covered"] is not None]
         tot["runs"] += [r["runs_covered"] for r in rs if r["runs_covered"] is not None]
         xmodel = (xs.get("negative exponents") or {}).get("model") or \
             (xs.get("negative exponents") or {}).get("error", "not run")
+        xmodel = re.sub(r"-?\d+\.\d{4,}", lambda m: f"{float(m.group()):.4g}", xmodel).replace("+ -", "− ")
         rows.append(f"| {case} | {what} | {pct(s['mape_pct'])} / {pct(s['mape_unflagged_pct'])} | "
                     f"{pct(None if s['coverage'] is None else 100 * s['coverage'])} / "
                     f"{pct(None if s['runs_coverage'] is None else 100 * s['runs_coverage'])} | "
                     f"{s['refused']}/{s['points']} | {s['flagged']}/{s['points']} | {', '.join(models) or '—'} | "
                     + " / ".join(pct(xm[k]) for k in names) + f" | `{xmodel}` |")
     mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
-    rows.append(f"\nIn-family cases: our MAPE {mean(tot['err']):.1f}% over every predicted point; Extra-P "
+    rows.append(f"\nIn-family cases: our MAPE {mean(tot['err']):.1f}% over every predicted point "
+                f"({mean(tot['clean']):.1f}% over the {len(tot['clean'])} unflagged ones); Extra-P "
                 + ", ".join(f"{mean(tot[k]):.1f}% ({k})" for k in names) + ". All cases: "
                 f"{100 * mean(tot['cov']):.0f}% of intervals cover the held-out median, "
-                f"{100 * mean(tot['runs']):.0f}% of single runs fall inside.")
+                f"{100 * mean(tot['runs']):.0f}% of single runs fall inside. Cases outside the family "
+                f"(*): {sum(tot['caught'])} of {len(tot['caught'])} held-out points refused or flagged.")
     return "\n".join(rows)
 
 

@@ -344,7 +344,7 @@ def test_predict_is_total_on_any_record_mix():
     """Generated record sets (poor fits, one N, failures, kinds, node counts): rows or one HpcError."""
     from tests.test_analysis_totality import record_sets, run_verb
 
-    @settings(max_examples=25, deadline=None, derandomize=bool(os.environ.get("CI")),
+    @settings(max_examples=15, deadline=None, derandomize=bool(os.environ.get("CI")),
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(recs=record_sets())
     def check(recs):

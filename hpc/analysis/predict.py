@@ -25,7 +25,7 @@ from hpc.analysis.models import (STRONG, WEAK, Model, ModelFit, describe, fit_mo
                                 r2_time, screen_outliers)
 
 BACKTEST_MAX_Z = 4.0     # a held-out N further than this many predictive SDs away fails the backtest
-PI_MAX_RATIO = 4.0       # an interval whose hi/lo exceeds this says nothing useful: no number
+PI_MAX_RATIO = 10.0      # an interval spanning more than an order of magnitude says nothing: no number
 MIN_WEIGHT = 0.02        # models below this Akaike weight do not join the average
 DISAGREE_WEIGHT = 0.10   # a model this heavy predicting outside the chosen one's interval: flagged
 WIDEN_FLAG = 1.5         # intervals widened by more than this after the backtest are flagged

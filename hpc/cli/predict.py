@@ -16,7 +16,7 @@ communication terms c·log2 N, c·N, c·N·log2 N, c·N², c·(N−1)/N and, for
 the α–β form of the collective), chosen by a leave-largest-N-out backtest and AICc. Each number
 comes with a 95% prediction interval for one run's time (parameter uncertainty + run-to-run and
 per-N scatter); where models disagree the interval is their mixture, and is flagged. No number
-(with the reason) where nothing fits, or where the interval would span more than ×4.
+(with the reason) where nothing fits, or where the interval would span more than ×10.
 
 PATH is a records file or sweep directory (local or Slurm; one curve per group and node count) or
 a CSV with columns np,time_s (one row per repetition).
@@ -49,7 +49,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _nps(text: str | None) -> list[int]:
+def parse_nps(text: str | None) -> list[int]:
+    """'16,24,512' → [16, 24, 512] (sorted, unique); one error line for anything else."""
     if not text:
         return []
     try:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from hpc.cli.args import note_failures
     from hpc.table import print_tables
 
-    nps = _nps(args.nps)
+    nps = parse_nps(args.nps)
     if (args.max_error is not None or args.min_coverage is not None) and not args.check:
         raise HpcError("--max-error/--min-coverage need --check HELDOUT")
     skipped: list[str] = []
