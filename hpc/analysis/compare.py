@@ -4,8 +4,8 @@ against a baseline (the ranked "which is fastest" per point is hpc.analysis.rank
 A point is (kind, algo/sync, np, size_bytes/model, dtype+op or global_batch, scaling). Its samples
 are the repetitions (one value per record); a point with a single record uses that record's timed
 batches (`times_s`) but counts as one repetition. The verdict comes from a robust 95% interval of
-the ratio B/A (hpc.analysis.stats: trimmed mean of log values, so one outlier does not swing it and
-×2 and ×0.5 are equally far from 1) against the noise band: "worse"/"better" only when the whole
+the ratio B/A (hpc.analysis.stats: t on log values, Yuen's trimmed mean where a value stands apart,
+so one outlier does not swing it; ×2 and ×0.5 are equally far from 1) against the noise band: "worse"/"better" only when the whole
 interval lies beyond the band, "same" otherwise, "too few reps" below MIN_REPS on either side. Each
 row says the smallest change it could have detected (`detectable_pct`), so "same" reads "same within
 ±X%", and how many repetitions would decide it (`needs_reps`). Two schemes measured together (the
@@ -140,8 +140,8 @@ def probe_drift(a: Iterable[dict[str, Any]], b: Iterable[dict[str, Any]]) -> flo
 
 
 def log_interval(values: list[float]) -> tuple[float, float, float]:
-    """(typical value, lo, hi): the 20%-trimmed geometric mean with its 95% interval (Student's t on
-    log values below 5 values; from 5 on an outlier per side is set aside, hpc.analysis.stats)."""
+    """(typical value, lo, hi): the geometric mean with its 95% interval (Student's t on log values;
+    from 5 values, where one stands apart, the 20%-trimmed mean instead: hpc.analysis.stats)."""
     import numpy as np
 
     centre, se, df, _ = stats.one_sample(np.log(np.asarray(values, dtype=float)))

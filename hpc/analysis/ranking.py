@@ -204,7 +204,8 @@ def ranking_tables(ranked: list[dict[str, Any]]) -> list:
                     "—" if not ci or ci[0] != ci[0] else f"{fmt(ci[0])} – {fmt(ci[1])}", r["n"],
                     f"{r['speed_vs_best']:.2f}×", verdict_cell(r))
         tab.notes += ranking_notes(pt)
-        tab.notes.append("value: 20%-trimmed geometric mean of the repetitions; 'same as fastest within "
+        tab.notes.append("value: geometric mean of the repetitions (20%-trimmed where one stands apart); "
+                         "'same as fastest within "
                          "±X%' when the 95% CI of the ratio does not lie entirely beyond the noise band "
                          "(X: the smallest difference its scatter would have called; ratios taken pair by "
                          "pair when both were measured in the same launches)")

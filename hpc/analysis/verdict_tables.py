@@ -50,7 +50,7 @@ def verdict_notes(rows: list[dict[str, Any]], rep_word: str = "reps") -> list[st
                f"{'s' if word == 'rep' and len(outl) > 1 else ''} {what}{' …' if len(outl) > 4 else ''}"
         (aside if outl[0]["set_aside"] else kept).append(line)
     if aside:
-        notes.append("outliers (modified z-score > 3.5), set aside by the trimmed mean — "
+        notes.append("outliers (modified z-score beyond what normal noise reaches), set aside by the trimmed mean — "
                      + "; ".join(aside[:6]) + (" …" if len(aside) > 6 else ""))
     if kept:
         notes.append(f"outliers that still widen their interval (under 5 {rep_word} nothing is trimmed; "
@@ -96,7 +96,7 @@ def comparison_table(rows: list[dict[str, Any]], title: str, a_name: str = "A",
     tab.notes += verdict_notes(rows, rep_word)
     bands = sorted({round(r["band_pct"]) for r in rows}) or [NOISE_BAND_PCT]
     shown = "/".join(f"±{b:g}%" for b in bands)
-    tab.notes.append(f"ratio of {', '.join(metrics)} (robust: 20%-trimmed mean of log ratios); worse/better "
+    tab.notes.append(f"ratio of {', '.join(metrics)} (t on log ratios; 20%-trimmed where one stands apart); worse/better "
                      f"only when the whole 95% CI lies beyond the noise band ({shown}; per point with --wide) "
                      "(p < 0.05 means the same); 'same within ±X%': a change of X% or more would have been "
                      f"called; fewer than {MIN_REPS} repetitions: 'too few reps'")

@@ -22,14 +22,15 @@ baseline, or (A alone) rank the algorithms/schemes measured at each point, faste
 
 Metric (auto): busbw for collectives with np > 1 (higher is better), samples/s for training
 (higher is better), time otherwise (lower is better). The verdict comes from a robust 95%
-interval of the ratio (20%-trimmed mean of log values, pair by pair when measured together; an
-outlier is named and set aside): 'worse'/'better' only when the whole interval lies beyond the
-noise band (--threshold, default {NOISE_BAND_PCT:g}%, calibrated on A/A runs of this kind of
-machine), else 'same within ±X%' (X: the smallest change it could have detected), 'too few reps'
-with fewer than 3 repetitions, 'inconclusive' when the machine itself drifted between A and B by
-more than the change, or when a --batches/--reps auto run ran out of budget before it was clear. Between runs, points are compared relative to native `mpi` measured in the same run when
-both runs have it (--reference). Exit 1 with --fail-if-worse PCT when any point is 'worse' by
-more than PCT percent.
+interval of the ratio (t on log values, pair by pair when measured together; where a value stands
+apart it is named and the 20%-trimmed mean sets it aside): 'worse'/'better' only when the whole
+interval lies beyond the noise band (--threshold, default {NOISE_BAND_PCT:g}%, calibrated on A/A
+runs of this kind of machine), else 'same within ±X%' (X: the smallest change it could have
+detected), 'too few reps' with fewer than 3 repetitions, 'inconclusive' when the machine itself
+drifted between A and B by more than the change, or when a --batches/--reps auto run ran out of
+budget with its estimate beyond the band. Between runs, points are compared relative to native
+`mpi` measured in the same run when both runs have it (--reference). Exit 1 with --fail-if-worse
+PCT when any point is 'worse' by more than PCT percent.
 """
 
 
