@@ -182,7 +182,7 @@ def ranking_notes(pt: dict[str, Any]) -> list[str]:
                 and abs(math.log(r["speed_vs_best"])) > band:
             notes.append(f"{r['name']} at {r['speed_vs_best']:.2f}× is 'same as fastest' only because its "
                          f"interval is wide: ≈{r['needs_reps']} more reps would decide (--reps auto adds "
-                         "them until the answer is clear)")
+                         "them until every verdict is clear)")
     return notes
 
 

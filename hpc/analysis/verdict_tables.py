@@ -63,7 +63,7 @@ def verdict_notes(rows: list[dict[str, Any]], rep_word: str = "reps") -> list[st
                           for r in open_[:4])
         notes.append(f"{len(open_)} point(s) read 'same' only because their interval is wide (the estimate "
                      f"lies beyond the band): {shown}{' …' if len(open_) > 4 else ''} {rep_word} "
-                     "(`--batches auto` / `--reps auto` add them until the answer is clear)")
+                     "(`--batches auto` / `--reps auto` add them until every verdict is clear)")
     return notes
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,10 @@ from hpc import records
 from hpc.kernels import busbw_factor
 from hpc.errors import HpcError
 from hpc.plugins.registry import Collective
+from hpc.workloads.rounds import (Buffers, Point, _named, auto_stop, iters_for, same_iters, shuffled,
+                                  time_batch, time_round)
+
+_iters_for = iters_for  # the name tests and older callers use
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -159,7 +163,7 @@ def run(cfg: BenchConfig) -> int:
                     pts.append(prepare(own[coll.spec], coll, bufs, cfg, dcolls.get(coll.spec)))
                     progress.advance(task)
                 if by_call and not cfg.iters:
-                    _same_iters(pts)
+                    same_iters(pts)
                 # batch b of every algorithm (in a shuffled order: no algorithm always follows another),
                 # then b+1: the machine's drift (load, where the scheduler put the ranks, which stays
                 # for seconds) hits every algorithm alike
@@ -169,14 +173,15 @@ def run(cfg: BenchConfig) -> int:
                     if by_call:
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time * len(pts), f"batch {b + 1} at {nbytes} B")
                         time_round(comm, pts, bufs, order)
-                    for pt in _shuffled(pts, shuffle) if not by_call else ():
+                    for pt in shuffled(pts, shuffle) if not by_call else ():
                         watch.arm(cfg.case_timeout + 40 * cfg.target_time, f"{pt.coll.name} at {nbytes} B")
                         pt.batches.append(time_batch(own[pt.coll.spec], pt, bufs))
                         if pt.clobbers:
                             bufs.restore()
                     progress.advance(task)
                     if cfg.batches_auto:
-                        stopped = _auto_stop(comm, pts, reference, b + 1, time.monotonic() - start, cfg)
+                        stopped = auto_stop(comm, pts, reference, b + 1, time.monotonic() - start,
+                                            cfg.max_reps or AUTO_MAX_REPS, cfg.max_time or AUTO_MAX_TIME, AUTO_MIN)
                         if stopped:
                             break
                 watch.disarm()
@@ -211,76 +216,6 @@ def interleave(cfg: BenchConfig) -> str:
     return cfg.interleave if cfg.interleave != "auto" else ("call" if cfg.batches_auto else "batch")
 
 
-def time_round(comm: "MPI.Comm", pts: list["Point"], bufs: Buffers, order: random.Random) -> None:
-    """One batch of every algorithm with their calls interleaved (a weighted round robin over their
-    iteration counts, each turn of the robin in a fresh random order, so no algorithm steadily
-    follows another), each call timed on its own and summed per algorithm.
-
-    Pairs of batches then see the same moments of the machine: at load average 29 on 2 cores the log
-    ratio of an A/A pair of 1 MiB batches scattered with sd 0.70 taken batch after batch and 0.20
-    call by call (100 calls, 30 rounds), so far fewer rounds decide a verdict. The clock costs well
-    under a microsecond a call: nothing beside a 64 KiB allreduce, a few percent at 8 B."""
-    sched = sorted(((j + 0.5) / pt.iters, order.random(), k) for k, pt in enumerate(pts) for j in range(pt.iters))
-    spent = [0.0] * len(pts)
-    clock = time.perf_counter
-    comm.Barrier()
-    for _, _, k in sched:
-        pt = pts[k]
-        t0 = clock()
-        try:
-            pt.call()
-        except HpcError:
-            raise
-        except Exception as exc:
-            raise _raised(pt.coll, bufs, exc) from None
-        spent[k] += clock() - t0
-        if pt.clobbers:  # untimed: the next call of any algorithm needs the input as it was
-            bufs.restore()
-    for pt, t in zip(pts, spent):
-        pt.batches.append(t / pt.iters)
-
-
-def _same_iters(pts: list["Point"]) -> None:
-    """Calls interleaved: every algorithm makes the median of their calibrated iteration counts, so
-    each call of one sits beside a call of every other. Calibrated one after another on a busy
-    machine the counts came out 1 and 52 for an A/A pair at 4 MiB: the lone call sampled one moment
-    of the round, its partner the whole round, and the pair did not cancel the machine's swings."""
-    common = int(statistics.median(pt.iters for pt in pts))
-    for pt in pts:
-        pt.iters = max(1, common)
-
-
-def _shuffled(pts: list["Point"], shuffle: Any) -> list["Point"]:
-    order = list(pts)
-    shuffle(order)
-    return order
-
-
-def _auto_stop(comm: "MPI.Comm", pts: list["Point"], reference: str, done: int, spent: float,
-               cfg: BenchConfig) -> str | None:
-    """After a round of `--batches auto`: why to stop ("decided", "max-reps", "max-time") or None.
-    Decided on the slowest rank's batches (what the records keep), by rank 0, for every rank."""
-    from mpi4py import MPI
-
-    from hpc.analysis.stats import NOISE_BAND_PCT, settled
-
-    mine = np.array([pt.batches[-1] for pt in pts], dtype=float)
-    slowest = np.empty_like(mine)
-    comm.Allreduce(mine, slowest, op=MPI.MAX)
-    for pt, t in zip(pts, slowest.tolist()):
-        pt.slowest.append(t)
-    why = None
-    if comm.Get_rank() == 0:
-        if done >= AUTO_MIN and not settled({pt.coll.name: pt.slowest for pt in pts}, reference,
-                                             float(np.log1p(NOISE_BAND_PCT / 100))):
-            why = "decided"
-        elif done >= (cfg.max_reps or AUTO_MAX_REPS):
-            why = "max-reps"
-        elif spent >= (cfg.max_time or AUTO_MAX_TIME):
-            why = "max-time"
-    return comm.bcast(why, root=0)
-
-
 def _distinct_names(colls: list[Collective]) -> list[Collective]:
     """Two plug-ins with one name (naive.py:f and sub/naive.py:f) keep apart in records and tables:
     those that share a name are named by their SPEC instead."""
@@ -302,39 +237,6 @@ def _cuda_setup(comm: "MPI.Comm") -> tuple[Any, tuple[bool, str]]:
     dev = torch.device("cuda", local_layout(comm)[0] % gpus)
     torch.cuda.set_device(dev)
     return dev, agreed_cuda_aware(comm)
-
-
-@dataclass
-class Buffers:
-    """One size's buffers, shared by every algorithm timed at it (memory for one, not one per algorithm)."""
-
-    count: int
-    send: np.ndarray
-    pristine: np.ndarray  # what send must still hold after a call
-    recv: np.ndarray
-    expected: np.ndarray
-    dsend: Any = None  # on the GPU with --device cuda
-    drecv: Any = None
-
-    def restore(self) -> None:
-        """Put the send data back (after an algorithm that wrote into its sendbuf)."""
-        np.copyto(self.send, self.pristine)
-        if self.dsend is not None:
-            self.dsend.copy_(self.dsend.new_tensor(self.pristine))
-
-
-@dataclass
-class Point:
-    """One (algorithm, size) being timed: how to call it, whether it was right, its batches so far."""
-
-    coll: Collective
-    call: Any
-    iters: int
-    correct: bool
-    clobbers: bool  # it changed its sendbuf: restored after each of its batches
-    batches: list[float]
-    dcoll: Any = None
-    slowest: list[float] = field(default_factory=list)  # --batches auto: each batch's slowest rank
 
 
 def buffers(comm: "MPI.Comm", nbytes: int, cfg: BenchConfig, dev: Any = None) -> Buffers:
@@ -381,38 +283,10 @@ def prepare(comm: "MPI.Comm", coll: Collective, bufs: Buffers, cfg: BenchConfig,
     correct = bool(comm.allreduce(bool(np.array_equal(result, bufs.expected)), MPI.LAND)) and not clobbers
     for _ in range(cfg.warmup):
         call()
-    iters = cfg.iters or _iters_for(comm, call, cfg.target_time)
+    iters = cfg.iters or iters_for(comm, call, cfg.target_time)
     if clobbers:  # the next algorithm's check needs the input as it was
         bufs.restore()
     return Point(coll, call, iters, correct, clobbers, [], dcoll)
-
-
-def _named(coll: Collective, bufs: Buffers, call: Any) -> None:
-    """One call; an exception from a plug-in names it and the size (one error line, job ended)."""
-    try:
-        call()
-    except HpcError:
-        raise
-    except Exception as exc:
-        raise _raised(coll, bufs, exc) from None
-
-
-def _raised(coll: Collective, bufs: Buffers, exc: Exception) -> HpcError:
-    return HpcError(f"collective '{coll.spec}' raised {type(exc).__name__}: {exc} ({bufs.send.nbytes} B)")
-
-
-def time_batch(comm: "MPI.Comm", pt: Point, bufs: Buffers) -> float:
-    """Seconds per call over one batch of pt.iters calls on this rank, started together."""
-    comm.Barrier()
-    t0 = time.perf_counter()
-    try:
-        for _ in range(pt.iters):
-            pt.call()
-    except HpcError:
-        raise
-    except Exception as exc:
-        raise _raised(pt.coll, bufs, exc) from None
-    return (time.perf_counter() - t0) / pt.iters
 
 
 def record(comm: "MPI.Comm", pt: Point, bufs: Buffers, cfg: BenchConfig) -> dict[str, Any]:
@@ -453,33 +327,6 @@ def _pattern(count: int, dtype: np.dtype, rank: int, p: int, op: str) -> tuple[n
         send = np.where(base == 1, 2, 1).astype(dtype)
         expected = np.where(base == 1, 2 ** p, 1)
     return send, expected.astype(dtype)
-
-
-def _iters_for(comm: "MPI.Comm", call: Any, target: float) -> int:
-    """Iterations so one batch lasts about `target` seconds; the same on every rank.
-
-    Calibrated on at least three groups of calls (1, 2, 4... calls while a group is short), from the
-    fastest group's time per call: on a busy machine calls are descheduled, which only ever makes them
-    slower, so the least-disturbed group is the best estimate of the call's own cost (one slow call
-    once sized a 1 MiB batch at 2 iterations where its neighbours got 194; at load average 20 on 2
-    cores even the median of the groups gave an A/A pair 4 and 145 iterations, and a batch of 4 calls
-    samples the scheduler's noise quite differently from one of 145)."""
-    from mpi4py import MPI
-
-    n, spent, per_call = 1, 0.0, []
-    while True:
-        comm.Barrier()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            call()
-        dt = comm.allreduce(time.perf_counter() - t0, MPI.MAX)  # the same decisions on every rank
-        per_call.append(dt / n)
-        spent += dt
-        if (len(per_call) >= 3 and spent >= target / 2) or n >= 1000 or len(per_call) >= 20:
-            break
-        if dt < target / 4:
-            n *= 2
-    return int(min(1000, max(1, round(target / max(min(per_call), 1e-7)))))
 
 
 def table(rows: list[dict[str, Any]], p: int):
