@@ -29,7 +29,7 @@ a CSV with columns np,time_s (one row per repetition).
 
 def register(sub) -> None:
     """Add the `predict` verb."""
-    p = sub.add_parser("predict", help="predict time at unmeasured rank counts, with 95% intervals",
+    p = sub.add_parser("predict", help="predict time at unmeasured rank counts, with 95%% intervals",
                        description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="records file/dir, or CSV with columns np,time_s")
     p.add_argument("--np", dest="nps", metavar="N[,N...]",
