@@ -391,11 +391,11 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     from hpc.workloads.models import build, check_output, n_params
 
     model = build(cfg).to(device)
+    check_same_model(comm, model)     # names, shapes, dtypes agree on every rank, whatever the scheme
     check_output(cfg, model, device)  # the output fits --classes / --vocab: same verdict on every rank
     model.train()
     if coll is not None and not coll.builtin:
         _verify_for_run(comm, coll, model, tc)
-    check_same_model(comm, model)     # names, shapes, dtypes agree on every rank, whatever the scheme
     broadcast_state(comm, model)      # parameters and buffers from rank 0, whatever the scheme
     ctx = TrainContext(comm=comm, cfg=cfg, model=model, device=device, opts=opts, collective=coll,
                        option=pl.scheme.option, batch=batch, local_rank=local_rank, local_size=local_size,

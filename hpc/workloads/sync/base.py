@@ -232,23 +232,6 @@ def broadcast_params(comm: "MPI.Comm", params: list["torch.Tensor"], root: int =
     set_flat_params(params, flat)
 
 
-def broadcast_state(comm: "MPI.Comm", model: "torch.nn.Module", root: int = 0) -> None:
-    """Every rank starts from rank `root`'s parameters *and* buffers (BatchNorm running statistics ...),
-    as Horovod's `broadcast_parameters(model.state_dict())`: one MPI broadcast per dtype."""
-    import torch
-
-    from hpc.comm import check_uniform
-
-    tensors = _unique(list(model.parameters()) + list(model.buffers()))
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.dtype, []).append(t)
-    for dtype, ts in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        with torch.no_grad():
-            flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ts])
-            raw = flat.view(torch.uint8).numpy().copy() if flat.numel() else np.zeros(0, np.uint8)
-        check_uniform(comm, raw, f"model state ({dtype})")
-        comm.Bcast(raw, root=root)
 def model_layout(model: "torch.nn.Module") -> list[tuple[str, str, tuple[int, ...], str, bool]]:
     """(kind, name, shape, dtype, trainable) of every parameter and buffer, in the model's order."""
     out = [("parameter", n, tuple(t.shape), str(t.dtype), bool(t.requires_grad))
@@ -288,6 +271,23 @@ def check_same_model(comm: "MPI.Comm", model: "torch.nn.Module") -> None:
                        "tensors): every rank must build the same model")
 
 
+def broadcast_state(comm: "MPI.Comm", model: "torch.nn.Module", root: int = 0) -> None:
+    """Every rank starts from rank `root`'s parameters *and* buffers (BatchNorm running statistics ...),
+    as Horovod's `broadcast_parameters(model.state_dict())`: one MPI broadcast per dtype."""
+    import torch
+
+    from hpc.comm import check_uniform
+
+    tensors = _unique(list(model.parameters()) + list(model.buffers()))
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for dtype, ts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ts])
+            raw = flat.view(torch.uint8).numpy().copy() if flat.numel() else np.zeros(0, np.uint8)
+        check_uniform(comm, raw, f"model state ({dtype})")
+        comm.Bcast(raw, root=root)
         _unflatten_into(ts, torch.from_numpy(raw).view(dtype))
 
 
