@@ -37,3 +37,27 @@ def test_side_by_side_records_number_their_repetitions(tmp_path):
     recs = records.load(out)
     assert sorted((r["sync"], r["rep"]) for r in recs) == [("mpi", 0), ("mpi", 1), ("ring", 0), ("ring", 1)]
     assert all(r["rep"] == r["rep_in_run"] for r in recs)
+
+
+def test_a_throughput_sweep_is_shown_in_its_own_unit(tmp_path):
+    """`run --higher-better` records store time_s = work/figure; tables showed '1.659 ns' for 6e8 items/s."""
+    import json
+
+    d = tmp_path / "runs" / "points"
+    d.mkdir(parents=True)
+    rows = []
+    for rep in range(3):
+        for n, rate in ((1, 6.0e8), (2, 1.1e9), (4, 2.0e9), (8, 3.3e9)):
+            value = rate * (1 + 0.01 * rep)
+            rows.append({"schema": "hpc.record/1", "kind": "run", "np": n, "nodes": 1, "scaling": "strong",
+                         "sweep_id": "s", "point_id": f"np{n}-{rep}", "rep": rep, "status": "ok", "error": None,
+                         "name": "pi", "workload": ["run", "--", "./pi"], "value": value, "unit": "items/s",
+                         "higher_is_better": True, "time_s": 1 / value,
+                         "provenance": {"hosts": ["vm"], "timestamp": "2026-12-03T09:00:00+00:00"}})
+    (d / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = hpc("fit", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    assert "(items/s)" in proc.stdout and "6.06e+08" in proc.stdout, proc.stdout
+    assert " ns" not in proc.stdout
+    pred = hpc("predict", str(tmp_path / "runs"), "--np", "16", "-v")
+    assert pred.returncode == 0 and " ns" not in pred.stdout and "items/s" in pred.stdout, pred.stdout

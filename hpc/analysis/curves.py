@@ -35,6 +35,7 @@ class Curve:
     n: list[float]
     t: list[float]
     extra: list[Model] = field(default_factory=list)
+    figure_unit: str | None = None   # a throughput (`run --higher-better`): t is work/figure
 
     @property
     def key(self) -> tuple:
@@ -95,6 +96,13 @@ def _extra(kind: str, name: str, variant: Any, scaling: str) -> list[Model]:
     return []
 
 
+def figure_unit(recs: list[dict[str, Any]]) -> str | None:
+    """The unit of a throughput curve (every record a `run --higher-better` one), else None."""
+    if recs and all(r.get("kind") == "run" and r.get("higher_is_better") for r in recs):
+        return str(recs[0].get("unit") or "1/s")
+    return None
+
+
 def curves_from_records(records: Iterable[dict[str, Any]], scaling: str | None = None,
                         skipped: list[str] | None = None) -> tuple[list[Curve], list[str]]:
     """One Curve per group and node count of ok records; `scaling` overrides the records' own."""
@@ -121,7 +129,8 @@ def curves_from_records(records: Iterable[dict[str, Any]], scaling: str | None =
         if sc == "collective":  # one rank does no communication: the α–β form starts at 2
             recs = [r for r in recs if r["np"] >= 2]
         curves.append(Curve(label, group, sc, [float(r["np"]) for r in recs],
-                            [float(r["time_s"]) for r in recs], _extra(kind, name, variant, sc)))
+                            [float(r["time_s"]) for r in recs], _extra(kind, name, variant, sc),
+                            figure_unit(recs)))
     return curves, notes
 
 

@@ -7,7 +7,7 @@ table included: only the reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from hpc.analysis.laws import AMDAHL, POOR_R2, PREDICT_FACTORS, poor_fit
 
@@ -70,33 +70,46 @@ def summary_table(results: list, wide: bool = False):
     return tab
 
 
-def prediction_table(title: str, rows: list[dict[str, Any]], weak: bool = False):
-    """Predicted time with its 95% prediction interval, speedup, efficiency and model per N."""
-    from hpc.table import Table, fmt_num, fmt_time
+def shown(unit: str | None, weak: bool) -> Callable[[float, float], str]:
+    """How a (predicted) time is shown: as a time, or for a throughput curve (`run --higher-better`,
+    time_s = work/figure) as the figure itself in its unit, work = N for weak scaling, else 1."""
+    from hpc.table import fmt_time
 
-    tab = Table(title, ["N", "time", "95% prediction interval", "scaled speedup" if weak else "speedup",
+    if not unit:
+        return lambda t, n: fmt_time(t)
+    return lambda t, n: f"{(n if weak else 1) / t:.4g} {unit}"
+
+
+def prediction_table(title: str, rows: list[dict[str, Any]], weak: bool = False, unit: str | None = None):
+    """Predicted time (or figure) with its 95% prediction interval, speedup, efficiency and model per N."""
+    from hpc.table import Table, fmt_num
+
+    show = shown(unit, weak)
+    tab = Table(title, ["N", unit or "time", "95% prediction interval", "scaled speedup" if weak else "speedup",
                         "efficiency", "model", "note"])
     for p in rows:
         n = f"{p['np']}" + (f" ({p['factor']:g}×)" if p.get("factor") else "")
         if p["time_s"] is None:
             tab.add(n, "—", "—", "—", "—", p.get("model") or "—", f"no prediction: {p['reason']}")
             continue
-        lo, hi = p["pi95"]
-        tab.add(n, fmt_time(p["time_s"]), f"[{fmt_time(lo)}, {fmt_time(hi)}]", fmt_num(p["speedup"]),
-                fmt_num(p["efficiency"], 3), p["model"], "; ".join(p["flags"]))
+        lo, hi = sorted(p["pi95"], reverse=bool(unit))  # a figure's interval runs the other way
+        tab.add(n, show(p["time_s"], p["np"]), f"[{show(lo, p['np'])}, {show(hi, p['np'])}]",
+                fmt_num(p["speedup"]), fmt_num(p["efficiency"], 3), p["model"], "; ".join(p["flags"]))
     return tab
 
 
-def model_table(mc: dict[str, Any]):
+def model_table(mc: dict[str, Any], unit: str | None = None, weak: bool = False):
     """Every candidate of the family: AICc, backtest, weight (and predicted times unless refused)."""
-    from hpc.table import Table, fmt_num, fmt_time
+    from hpc.table import Table, fmt_num
+
+    show = shown(unit, weak)
 
     at = next((list(m.get("predicted_time_s", {})) for m in mc["models"]
                if m.get("predicted_time_s")), []) if not mc.get("refused") else []
     tab = Table("Model choice (log-space least squares; backtest = refit without the largest N, "
                 "then the 2 largest)",
                 ["model", "form", "k", "AICc", "ΔAICc", "backtest error", "max |z|", "R²", "weight",
-                 *[f"time @ N={q}" for q in at]])
+                 *[f"{unit or 'time'} @ N={q}" for q in at]])
     for m in mc["models"]:
         err = m.get("backtest_rmse_log")
         pt = m.get("predicted_time_s") or {}
@@ -104,7 +117,7 @@ def model_table(mc: dict[str, Any]):
                 fmt_num(m["delta_aicc"], 3),
                 "—" if err is None else f"{100 * err:.1f}%",
                 fmt_num(m.get("backtest_max_z"), 2), fmt_num(m.get("r2"), 4), f"{m['weight']:.2f}",
-                *[fmt_time(pt[q]) if q in pt else "—" for q in at])
+                *[show(pt[q], float(q)) if q in pt else "—" for q in at])
     tab.notes.append(mc["verdict"])
     tab.notes += mc.get("notes", [])
     return tab
@@ -118,18 +131,32 @@ def detail_tables(r: Any) -> list:
             + (f", bootstrap {_ci(r.ci95_bootstrap)}" if r.ci95_bootstrap else "")
             + f", serial fraction {r.serial_fraction:.4f}, R² {fmt_num(r.r2)}, SMAPE "
             f"{fmt_num(r.smape, 3)}%")
-    pts = Table(head, ["N", "reps", "median time", "min", "max", "speedup", "fit", "efficiency",
-                       "Karp–Flatt e", "serial (law)", "note"])
+    unit = getattr(r, "figure_unit", None)
+    weak = r.law != AMDAHL
+    if unit:  # a throughput: show the figure as printed (time_s is work/figure, e.g. "1.659 ns")
+        cols = [f"median ({unit})", "min", "max"]
+
+        def cells(p: dict) -> list[str]:
+            work = p["np"] if weak else 1
+            return [f"{work / p[k]:.4g}" for k in ("time_median_s", "time_max_s", "time_min_s")]
+    else:
+        cols = ["median time", "min", "max"]
+
+        def cells(p: dict) -> list[str]:
+            return [fmt_time(p["time_median_s"]), fmt_time(p["time_min_s"]), fmt_time(p["time_max_s"])]
+    pts = Table(head, ["N", "reps", *cols, "speedup", "fit", "efficiency", "Karp–Flatt e", "serial (law)", "note"])
     for p in r.points:
-        pts.add(p["np"], p["reps"], fmt_time(p["time_median_s"]), fmt_time(p["time_min_s"]),
-                fmt_time(p["time_max_s"]), fmt_num(p["speedup"]), fmt_num(p["speedup_fit"]),
+        pts.add(p["np"], p["reps"], *cells(p), fmt_num(p["speedup"]), fmt_num(p["speedup_fit"]),
                 fmt_num(p["efficiency"], 3), fmt_num(p["karp_flatt"], 3),
                 fmt_num(p["serial_fraction_point"], 3), "superlinear" if p["superlinear"] else "")
+    if unit:
+        pts.notes.append(f"a throughput in {unit}: the fits and predicted times use the equivalent time "
+                         f"{'N' if weak else '1'}/figure (seconds per unit of work)")
     if r.law == AMDAHL:
         pts.notes.append(f"Amdahl ceiling 1/(1−P) = {fmt_num(r.ceiling)}")
     pts.notes += [f"{f['code']}: {f['message']}" for f in r.flags]
     tables = [pts]
     if r.predictions:  # none when the forecast refuses: the no_prediction flag above says why
         tables.append(prediction_table("Predictions (chosen model, 95% prediction intervals; "
-                                       "same as hpc predict)", r.predictions, r.law != AMDAHL))
-    return [*tables, model_table(r.model_choice)]
+                                       "same as hpc predict)", r.predictions, weak, unit))
+    return [*tables, model_table(r.model_choice, unit, weak)]

@@ -134,26 +134,27 @@ def predict_tables(fcs: list[tuple[Curve, Forecast]], rows: list[dict[str, Any]]
     out = []
     for c, fc in fcs:
         tab = prediction_table(_head(c, fc), [r for r in rows if r["curve"] == c.label],
-                               c.scaling == "weak")
+                               c.scaling == "weak", c.figure_unit)
         tab.notes += fc.notes
         out.append(tab)
         if detail:
-            out.append(_models(fc))
+            out.append(_models(fc, c))
     return out
 
 
-def _models(fc: Forecast):
+def _models(fc: Forecast, c: Curve):
     from hpc.analysis.fit_tables import model_table
 
     verdict = f"no prediction: {fc.refused}" if fc.refused else fc.why
     return model_table({"models": fc.model_table(), "verdict": verdict, "refused": fc.refused,
-                        "notes": []})
+                        "notes": []}, c.figure_unit, c.scaling == "weak")
 
 
 def check_tables(fcs: list[tuple[Curve, Forecast]], rows: list[dict[str, Any]],
                  summary: dict[str, Any], detail: bool = False):
     """Per curve: predicted vs measured, error, covered; then the overall summary."""
-    from hpc.table import Table, fmt_time
+    from hpc.analysis.fit_tables import shown
+    from hpc.table import Table
 
     out = []
     for c, fc in fcs:
@@ -162,20 +163,21 @@ def check_tables(fcs: list[tuple[Curve, Forecast]], rows: list[dict[str, Any]],
             continue
         tab = Table(_head(c, fc), ["N", "predicted", "95% prediction interval", "measured (median)",
                                    "error", "covered", "runs inside", "note"])
+        show = shown(c.figure_unit, c.scaling == "weak")
         for r in mine:
-            meas = f"{fmt_time(r['measured_s'])} ({r['runs']} runs)"
+            meas = f"{show(r['measured_s'], r['np'])} ({r['runs']} runs)"
             if r["time_s"] is None:
                 tab.add(r["np"], "—", "—", meas, "—", "—", "—", f"no prediction: {r['reason']}")
                 continue
-            lo, hi = r["pi95"]
+            lo, hi = sorted(r["pi95"], reverse=bool(c.figure_unit))
             inside = round(r["runs_covered"] * r["runs"])
-            tab.add(r["np"], fmt_time(r["time_s"]), f"[{fmt_time(lo)}, {fmt_time(hi)}]", meas,
+            tab.add(r["np"], show(r["time_s"], r["np"]), f"[{show(lo, r['np'])}, {show(hi, r['np'])}]", meas,
                     f"{r['error_pct']:+.1f}%", "yes" if r["covered"] else "NO",
                     f"{inside}/{r['runs']}", "; ".join(([] if not r["in_training"] else ["in training"])
                                                       + r["flags"]))
         out.append(tab)
         if detail:
-            out.append(_models(fc))
+            out.append(_models(fc, c))
     s = summary
     tot = Table("Backtest summary", ["held-out points", "predicted", "refused", "flagged",
                                      "MAPE", "MAPE unflagged", "intervals covering", "runs inside"])

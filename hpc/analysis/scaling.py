@@ -57,6 +57,9 @@ class FitResult:
     model_choice: dict[str, Any]
     flags: list[dict[str, str]] = field(default_factory=list)
     forecast: Any = field(default=None, repr=False, compare=False)  # predict.Forecast (not in JSON)
+    # a throughput curve (`run --higher-better`): the unit its figure was printed in; time_s is then
+    # the equivalent time work/figure (hpc.sweep.command), and tables show the figure itself
+    figure_unit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict: NaN and ±inf become null."""
@@ -240,7 +243,7 @@ def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bo
     A group measured on several node counts is fitted once per count (said in `notes`). Curves
     that cannot be fitted are described in `skipped` (when given); if none can, HpcError.
     """
-    from hpc.analysis.curves import _extra
+    from hpc.analysis.curves import _extra, figure_unit
 
     records = list(records)
     if not records:
@@ -261,10 +264,11 @@ def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bo
             continue
         group = dict(zip(GROUP_FIELDS, key), **({"nodes": nodes} if nodes is not None else {}))
         try:
-            results.append(fit_law([r["np"] for r in recs], [r["time_s"] for r in recs], g_law,
-                                   bootstrap=bootstrap, seed=seed, label=label, group=group,
-                                   extra=_extra(key[0], key[1], key[2],
-                                                "weak" if g_law == GUSTAFSON else "strong")))
+            res = fit_law([r["np"] for r in recs], [r["time_s"] for r in recs], g_law,
+                          bootstrap=bootstrap, seed=seed, label=label, group=group,
+                          extra=_extra(key[0], key[1], key[2], "weak" if g_law == GUSTAFSON else "strong"))
+            res.figure_unit = figure_unit(recs)
+            results.append(res)
         except HpcError as e:
             reasons.append(f"{label}: {e}")
     if skipped is not None:
