@@ -30,7 +30,7 @@ _API: dict[str, tuple[str, str]] = {
     # running
     "run_sweep": ("hpc.sweep", "run_sweep"),
     "BenchConfig": ("hpc.workloads.bench", "BenchConfig"),
-    "TrainConfig": ("hpc.workloads.train", "TrainConfig"),
+    "TrainConfig": ("hpc.workloads.train_plan", "TrainConfig"),
     # analysis
     "amdahl_speedup": ("hpc.analysis.laws", "amdahl_speedup"),
     "gustafson_speedup": ("hpc.analysis.laws", "gustafson_speedup"),

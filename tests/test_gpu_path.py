@@ -98,7 +98,7 @@ def test_gpu_sharing_check() -> None:
 
 def test_precheck_cuda_by_facts() -> None:
     from hpc.workloads import sync
-    from hpc.workloads.train import precheck_cuda
+    from hpc.workloads.train_plan import precheck_cuda
 
     for name in ("ddp", "deepspeed-zero1", "deepspeed-zero3"):
         facts = sync.facts(sync.resolve(name))
@@ -114,7 +114,7 @@ def test_horovod_without_gpu_ops_is_refused_up_front() -> None:
     import importlib.util
 
     from hpc.workloads import sync
-    from hpc.workloads.train import precheck_cuda
+    from hpc.workloads.train_plan import precheck_cuda
 
     if importlib.util.find_spec("horovod") is None:
         pytest.skip("horovod is not installed (python -m hpc.horovod_build)")

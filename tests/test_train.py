@@ -55,7 +55,8 @@ def reference(argv: list[str], world: int, workers: int | None = None) -> np.nda
     from hpc.cli.main import build_parser
     from hpc.workloads.models import build, loss_fn
     from hpc.workloads.sync.base import TrainOptions, flat_params, make_optimizer
-    from hpc.workloads.train import TrainConfig, data_source, plan
+    from hpc.workloads.train_plan import TrainConfig, plan
+    from hpc.workloads.train_steps import data_source
 
     args = build_parser().parse_args(["train", *argv])
     args = options(TrainConfig, args, model_args=tuple(args.model_args))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 from hpc.cli.args import add_np_argument, count_or_auto, float_min, float_pos, int_min, options
-from hpc.workloads import train
+from hpc.workloads import train_plan
 from hpc.workloads.models import MODELS
-from hpc.workloads.train import SCALINGS
+from hpc.workloads.train_plan import SCALINGS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "add rounds until every scheme's verdict against the fastest is clear, within "
                         "--max-reps/--max-time")
     p.add_argument("--max-reps", type=int_min(3), default=None, metavar="K",
-                   help=f"--reps auto: at most K rounds (default {train.AUTO_MAX_REPS})")
+                   help=f"--reps auto: at most K rounds (default {train_plan.AUTO_MAX_REPS})")
     p.add_argument("--max-time", type=float_pos, default=None, metavar="S",
-                   help=f"--reps auto: no new round after S seconds (default {train.AUTO_MAX_TIME:g})")
+                   help=f"--reps auto: no new round after S seconds (default {train_plan.AUTO_MAX_TIME:g})")
     p.add_argument("--order-seed", type=int, default=None, metavar="SEED",
                    help="seed of the shuffled run order (default random; printed and recorded)")
     p.add_argument("--model", default="mlp", metavar="SPEC",
@@ -104,14 +104,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "median step) seconds (default 300)")
     r.add_argument("--save-params", metavar="FILE.npy", help="save the final flat float32 parameters (np.save; written by the first rank holding them)")
     add_np_argument(p, default_timeout=3600)
-    p.set_defaults(func=lambda a: train.run(_config(a)), precheck=lambda a, here=True: train.precheck(_config(a), here))
+    p.set_defaults(func=_run, precheck=lambda a, here=True: train_plan.precheck(_config(a), here))
 
 
-def _config(args: argparse.Namespace) -> train.TrainConfig:
+def _run(args: argparse.Namespace) -> int:
+    from hpc.workloads import train
+
+    return train.run(_config(args))
+
+
+def _config(args: argparse.Namespace) -> train_plan.TrainConfig:
     auto = args.reps == "auto"
     if not auto and (args.max_reps is not None or args.max_time is not None):
         from hpc.errors import HpcError
 
         raise HpcError("--max-reps and --max-time bound --reps auto; give --reps auto too")
-    return options(train.TrainConfig, args, model_args=tuple(args.model_args or ()),
-                   reps=train.MIN_AUTO_REPS if auto else args.reps, reps_auto=auto)
+    return options(train_plan.TrainConfig, args, model_args=tuple(args.model_args or ()),
+                   reps=train_plan.MIN_AUTO_REPS if auto else args.reps, reps_auto=auto)
