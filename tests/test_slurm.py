@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpc.errors import HpcError
-from hpc.launch import slurm
+from hpc.launch import sbatch, slurm
 
 JOB_TIMEOUT_S = 120
 
@@ -66,7 +66,7 @@ def test_cluster_info(slurm_cluster):
 
 def test_mpi_job_spans_two_nodes(slurm_cluster, jobdir):
     out = jobdir / "ranks.txt"
-    mpirun = slurm.default_mpirun()
+    mpirun = sbatch.default_mpirun()
     argv = [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", *mpi_command(jobdir, out)]
     script = batch_script(jobdir / "mpi.sh", " ".join(argv), "-N 2", "-n 4", f"-o {jobdir}/mpi.log")
     job = slurm.submit(script, env=slurm_cluster.env)
@@ -124,11 +124,11 @@ def test_array_job_gives_one_state_per_task(slurm_cluster, jobdir):
 def test_rendered_template_submitted_by_hand(slurm_cluster, jobdir, launcher):
     """The dry-run path: a user takes the rendered script and runs plain `sbatch script.sh`."""
     out = jobdir / "ranks.txt"
-    text = slurm.render("weak", job_name=f"hpc-{launcher}", nodes=2, ntasks_per_node=2, time="00:05:00",
+    text = sbatch.render("weak", job_name=f"hpc-{launcher}", nodes=2, ntasks_per_node=2, time="00:05:00",
                         workdir=jobdir, output="job-%j.out", error="job-%j.err", launcher=launcher,
                         command=mpi_command(jobdir, out), env={"HPC_POINT_ID": "np4'q"})
     assert "--partition" not in text and "--account" not in text
-    script = slurm.write_script(jobdir / "point.sbatch", text)
+    script = sbatch.write_script(jobdir / "point.sbatch", text)
     proc = slurm_cluster.run("sbatch", str(script), cwd="/")
     assert proc.returncode == 0, proc.stderr
     job = re.fullmatch(r"Submitted batch job (\d+)", proc.stdout.strip()).group(1)
@@ -189,7 +189,7 @@ def test_require_sbatch_without_slurm(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["strong", "weak"])
 def test_render_fills_every_placeholder(name, tmp_path):
-    text = slurm.render(name, job_name="j", nodes="2", ntasks_per_node=3, partition="gpu", account="proj",
+    text = sbatch.render(name, job_name="j", nodes="2", ntasks_per_node=3, partition="gpu", account="proj",
                         workdir=tmp_path, output="o.txt", command="hpc bench collective --np 6",
                         env={"HPC_SWEEP_ID": "s1", "HPC_NODES": 2}, mpirun="/opt/my mpi/mpirun")
     assert not re.search(r"\$\{[a-z_]+\}", text), "an unfilled placeholder"
@@ -215,11 +215,11 @@ def test_rendered_script_oversubscribes_only_beyond_the_cores(tmp_path, ranks_pe
     (bindir / "mpirun").write_text('#!/bin/sh\necho "$@" > "$LAUNCHED"\n')
     for f in bindir.iterdir():
         f.chmod(0o755)
-    text = slurm.render("strong", job_name="j", nodes=1, ntasks_per_node=ranks_per_node, workdir=tmp_path,
+    text = sbatch.render("strong", job_name="j", nodes=1, ntasks_per_node=ranks_per_node, workdir=tmp_path,
                         command=["./prog", "a b"], mpirun=str(bindir / "mpirun"), mpirun_flags=["--map-by", "core"],
                         sbatch_lines=["#SBATCH --gres=gpu:4"], before=["export SITE=1", "test -n \"$SITE\""])
     assert "#SBATCH --gres=gpu:4\n" in text and "--oversubscribe --bind-to none); fi" in text
-    script = slurm.write_script(tmp_path / "s.sbatch", text)
+    script = sbatch.write_script(tmp_path / "s.sbatch", text)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "SLURM_NTASKS": str(ranks_per_node), "SLURM_JOB_ID": "1",
            "SLURM_JOB_NODELIST": "c1", "SLURM_CPUS_ON_NODE": str(cpus_on_node),
            "LAUNCHED": str(tmp_path / "launched")}
@@ -231,9 +231,9 @@ def test_rendered_script_oversubscribes_only_beyond_the_cores(tmp_path, ranks_pe
 
 
 def test_a_failing_before_command_stops_the_job_with_a_clear_line(tmp_path):
-    text = slurm.render("weak", job_name="j", nodes=1, ntasks_per_node=1, workdir=tmp_path, command="true",
+    text = sbatch.render("weak", job_name="j", nodes=1, ntasks_per_node=1, workdir=tmp_path, command="true",
                         before=["module load nonexistent/1.0"])
-    script = slurm.write_script(tmp_path / "s.sbatch", text)
+    script = sbatch.write_script(tmp_path / "s.sbatch", text)
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
                           env={"PATH": "/usr/bin:/bin", "SLURM_NTASKS": "1"})
     assert proc.returncode == 1
@@ -269,9 +269,9 @@ def dead_controller_conf(tmp_path: Path) -> Path:
 ])
 def test_render_rejects_bad_values(values, message):
     with pytest.raises(HpcError, match=message):
-        slurm.render("strong", **values)
+        sbatch.render("strong", **values)
 
 
 def test_render_missing_template():
     with pytest.raises(HpcError, match="cannot read sbatch template 'nope'"):
-        slurm.render("nope", job_name="j")
+        sbatch.render("nope", job_name="j")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc.launch import slurm
+from hpc.launch import sbatch, slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "mpi" / "shm_check.py"
@@ -24,7 +24,7 @@ def test_hier_across_two_slurm_nodes(slurm_cluster, tmp_path: Path) -> None:
     if not slurm_cluster.own_hostnames:
         pytest.skip("the cluster's nodes share a host name here (unshare --uts refused)")
     log = tmp_path / "hier.log"
-    argv = [slurm.default_mpirun(), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+    argv = [sbatch.default_mpirun(), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
             "-x", "OMPI_MCA_osc=sm", "-x", "HPC_HIER_GROUP=host", "-x", f"PYTHONPATH={ROOT}",
             sys.executable, "-m", "mpi4py", str(SCRIPT), "--algos", "hier,hier-rails,auto",
             "--refuse", "shm", "--nodes", "2", "--quick"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hpc import records
 from hpc.errors import HpcError
-from hpc.launch import reaper, slurm
+from hpc.launch import reaper, sbatch, slurm
 from hpc.sweep.plan import (Plan, Point, SweepOptions, attempt_file, finish_point, point_env, point_env_fields,
                             point_file)
 
@@ -43,13 +43,13 @@ def script_for(plan: Plan, pt: Point, tmp: Path, opts: SweepOptions) -> Path:
         ranks = [sys.executable, "-m", "mpi4py", "-m", "hpc", *plan.workload, "--json", str(tmp.resolve())]
         command = f"{shlex.join(ranks)} && mv -f {shlex.quote(str(tmp.resolve()))} {shlex.quote(str(final))}"
         env["HPC_ARGV"] = json.dumps(["hpc", *plan.workload, "--np", str(pt.np)])
-    text = slurm.render(
+    text = sbatch.render(
         plan.scaling, job_name=job_name(plan, pt), nodes=pt.nodes, ntasks_per_node=pt.np // pt.nodes,
         time=opts.time or DEFAULT_TIME, partition=opts.partition, account=opts.account, workdir=Path.cwd(),
         output=str(logs / f"{pt.id}.out"), error=str(logs / f"{pt.id}.err"), env=env,
         launcher=opts.slurm_launcher, command=command, wrap=wrap, mpirun_flags=list(opts.mpirun_args),
         sbatch_lines=list(opts.sbatch_lines), before=list(opts.before))
-    return slurm.write_script(plan.out / "slurm" / f"{pt.id}.sbatch", text)
+    return sbatch.write_script(plan.out / "slurm" / f"{pt.id}.sbatch", text)
 
 
 def _write_job_spec(path: Path, plan: Plan, pt: Point, opts: SweepOptions, final: Path, log: Path) -> None:
