@@ -104,8 +104,10 @@ def figure_unit(recs: list[dict[str, Any]]) -> str | None:
 
 
 def curves_from_records(records: Iterable[dict[str, Any]], scaling: str | None = None,
-                        skipped: list[str] | None = None) -> tuple[list[Curve], list[str]]:
-    """One Curve per group and node count of ok records; `scaling` overrides the records' own."""
+                        skipped: list[str] | None = None,
+                        flag: str = "--scaling strong|weak") -> tuple[list[Curve], list[str]]:
+    """One Curve per group and node count of ok records; `scaling` overrides the records' own
+    (`flag`: how the calling verb lets a user give it, for the skip reason)."""
     records = list(records)
     if not records:
         raise HpcError("no records found")
@@ -121,7 +123,7 @@ def curves_from_records(records: Iterable[dict[str, Any]], scaling: str | None =
         label = curve_label(key, nodes)
         if sc is None:
             if skipped is not None:
-                skipped.append(f"{label}: scaling is {rec_scaling!r}; pass --scaling strong|weak")
+                skipped.append(f"{label}: scaling is {rec_scaling!r}; pass {flag}")
             continue
         group = dict(zip(GROUP_FIELDS, key))
         if nodes is not None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from hpc.analysis.curves import curve_label, is_csv, load_csv, split_by_nodes
+from hpc.analysis.curves import curves_from_records, is_csv, load_csv
 from hpc.analysis.fit_tables import detail_tables, summary_table
-from hpc.analysis.groups import GROUP_FIELDS, group_records, json_safe, load_records
+from hpc.analysis.groups import json_safe, load_records
 from hpc.analysis.laws import (_DEFAULT_LAW, AMDAHL, GUSTAFSON, POOR_R2, PREDICT_FACTORS, CoreFit, bootstrap_p,
                                fit_core, law_speedup, normalize_law)
 from hpc.analysis.models import Model
@@ -243,34 +243,25 @@ def fit_records(records: Iterable[dict[str, Any]], law: str | None = None, *, bo
     A group measured on several node counts is fitted once per count (said in `notes`). Curves
     that cannot be fitted are described in `skipped` (when given); if none can, HpcError.
     """
-    from hpc.analysis.curves import _extra, figure_unit
-
-    records = list(records)
-    if not records:
-        raise HpcError("no records found")
-    groups = group_records(records)
-    if not groups:
-        raise HpcError(f"no ok records among {len(records)} (all failed or timed out)")
     law = normalize_law(law)
-    parts, split_notes = split_by_nodes(groups)
+    reasons: list[str] = []
+    hint = "--law amdahl|gustafson"
+    curves, split_notes = curves_from_records(records, {AMDAHL: "strong", GUSTAFSON: "weak"}.get(law or ""),
+                                              reasons, flag=hint)
     if notes is not None:
         notes.extend(split_notes)
-    results, reasons = [], []
-    for key, nodes, recs in parts:
-        g_law = law or _DEFAULT_LAW.get(key[3])
-        label = curve_label(key, nodes)
-        if g_law is None:
-            reasons.append(f"{label}: scaling is {key[3]!r}; pass --law amdahl|gustafson")
+    results = []
+    for c in curves:
+        if c.scaling not in ("strong", "weak"):  # collective records that say neither
+            reasons.append(f"{c.label}: scaling is {c.group.get('scaling')!r}; pass {hint}")
             continue
-        group = dict(zip(GROUP_FIELDS, key), **({"nodes": nodes} if nodes is not None else {}))
         try:
-            res = fit_law([r["np"] for r in recs], [r["time_s"] for r in recs], g_law,
-                          bootstrap=bootstrap, seed=seed, label=label, group=group,
-                          extra=_extra(key[0], key[1], key[2], "weak" if g_law == GUSTAFSON else "strong"))
-            res.figure_unit = figure_unit(recs)
+            res = fit_law(c.n, c.t, law or _DEFAULT_LAW[c.scaling], bootstrap=bootstrap, seed=seed,
+                          label=c.label, group=c.group, extra=c.extra)
+            res.figure_unit = c.figure_unit
             results.append(res)
         except HpcError as e:
-            reasons.append(f"{label}: {e}")
+            reasons.append(f"{c.label}: {e}")
     if skipped is not None:
         skipped.extend(reasons)
     if not results:
