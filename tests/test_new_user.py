@@ -61,3 +61,12 @@ def test_a_throughput_sweep_is_shown_in_its_own_unit(tmp_path):
     assert " ns" not in proc.stdout
     pred = hpc("predict", str(tmp_path / "runs"), "--np", "16", "-v")
     assert pred.returncode == 0 and " ns" not in pred.stdout and "items/s" in pred.stdout, pred.stdout
+
+
+def test_deepspeed_says_nothing_into_the_tables():
+    """DeepSpeed warned about its accelerator from every rank, in the middle of the demo's tables."""
+    proc = hpc("train", "--np", "2", "--sync", "deepspeed-zero1,ring", "--model", "mlp", "--width", "16",
+               "--depth", "1", "--steps", "3", "--batch", "8", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "[WARNING]" not in out and "real_accelerator" not in out, out
