@@ -107,9 +107,16 @@ def has_memory(ranked: list[dict[str, Any]]) -> bool:
 
 
 def _size(n: float | None) -> str:
+    """Memory to three significant figures (2.15GiB, 514.6MiB): schemes a few percent apart stay apart."""
+    if n is None:
+        return "—"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.{max(0, 2 - int(math.floor(math.log10(v))))}f}{unit}"
     from hpc.table import fmt_bytes
 
-    return fmt_bytes(n) if n is not None else "—"
+    return fmt_bytes(n)
 
 
 def _gap(m: dict[str, Any]) -> str:

@@ -51,7 +51,8 @@ HOW = {
                      "(allocated in C++: counted at the size Horovod allocates), ps-async's push/pull "
                      "buffers, DeepSpeed's other internal tensors",
     "peak_rss_bytes": "the rank's peak resident set (VmHWM of /proc/self/status), reset through "
-                      "/proc/self/clear_refs at the first timed step and read after the last",
+                      "/proc/self/clear_refs at the first timed step and read after the last (before the parameters are "
+                      "read back whole)",
     "peak_device_bytes": "torch.cuda.max_memory_allocated, its peak reset at the first timed step",
     "expected": f"ZeRO paper accounting at this run's dtype and optimizer: params·share_p + grads·share_g + "
                 f"(optimizer state + fp32 master copy)·share_o per rank; compared with params + grads + "
@@ -151,13 +152,27 @@ def tensors_in(obj: Any, owner: str = "", depth: int = 4, limit: int = 200_000) 
 # -- peak resident and device memory ---------------------------------------------------------------
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0: "5" to /proc/self/clear_refs)."""
+    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0: "5" to /proc/self/clear_refs).
+    Memory freed before (set-up, ZeRO-3's full model before partitioning) is handed back to the
+    kernel first (glibc malloc_trim), else it stays resident and the peak starts above what is held."""
+    _trim_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
         return False
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the kernel (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_rss_bytes() -> int:
@@ -242,6 +257,8 @@ class Probe:
     seen_at: str | None = None
     rss_reset: bool = False
     spent_s: float = 0.0       # time spent counting (the snapshot step only)
+    peak_rss: int | None = None  # both read after the last step
+    peak_device: int | None = None
     _hook: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -268,6 +285,12 @@ class Probe:
         if s == self.look_at:
             self.mark("step end")
             self._disarm()
+        if s == self.steps - 1:  # before anything after training (reading the parameters whole) adds to it
+            self.peak_rss = peak_rss_bytes()
+            if self.cuda:
+                import torch
+
+                self.peak_device = int(torch.cuda.max_memory_allocated())
 
     def _disarm(self) -> None:
         if self._hook is not None:
@@ -291,11 +314,12 @@ class Probe:
         out: dict[str, Any] = {f"{c}_bytes": v for c, v in self.best.items()}
         out["model_states_bytes"] = sum(self.best.values())
         out["seen_at"] = self.seen_at
-        out["peak_rss_bytes"] = peak_rss_bytes()
+        out["peak_rss_bytes"] = self.peak_rss if self.peak_rss is not None else peak_rss_bytes()
         if self.cuda:
             import torch
 
-            out["peak_device_bytes"] = int(torch.cuda.max_memory_allocated())
+            out["peak_device_bytes"] = self.peak_device if self.peak_device is not None \
+                else int(torch.cuda.max_memory_allocated())
         out["probe_s"] = self.spent_s
         return out
 

@@ -64,6 +64,11 @@ def ds_config(batch: int, world: int, stage: int, bucket_bytes: int, fp16_compre
     return cfg
 
 
+ZERO3_CPU_RSS = ("peak RSS: ZeRO-3 gathers and frees every layer each step; glibc keeps freed blocks under its "
+                 "32 MiB mmap limit in its heap, so RSS can stay well above what is held (measured 1.5 vs 0.9 GiB, "
+                 "results/memory/README.md); MALLOC_MMAP_THRESHOLD_=65536 hands them back, at some speed")
+
+
 class DeepSpeedTrainer(Trainer):
     name = "deepspeed"
 
@@ -98,8 +103,11 @@ class DeepSpeedTrainer(Trainer):
         if self.memory_mark:  # ZeRO-3 may keep gathered parameters live until backward
             self.memory_mark("forward")
         self.clock.reset()
+        marks = self._mark_at_last_grad() if self.memory_mark else []
         eng.backward(loss)  # gradient reduction (ZeRO reduce-scatter / allreduce) ends inside
         t1 = time.perf_counter()
+        for h in marks:
+            h.remove()
         if self.memory_mark:  # gradients are freed inside step(): the memory probe looks now
             self.memory_mark("backward")
         exposed = self.clock.exposed_since(t1, t0)
@@ -107,6 +115,20 @@ class DeepSpeedTrainer(Trainer):
         value = float(loss.detach())
         t2 = time.perf_counter()
         return StepResult(value, (t2 - t0) - exposed, exposed)
+
+    def _mark_at_last_grad(self) -> list[Any]:
+        """Hooks that let the memory probe look once every local gradient exists, before DeepSpeed
+        reduces them: ZeRO-1 holds its full gradients at that moment (it partitions them only
+        afterwards, inside engine.backward), ZeRO-2/3 only what they have reduced into partitions so far."""
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        left = [len(params)]
+
+        def tick(_p: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0 and self.memory_mark:
+                self.memory_mark("gradients")
+
+        return [p.register_post_accumulate_grad_hook(tick) for p in params]
 
     def params(self) -> np.ndarray:
         params = list(self.engine.module.parameters())
@@ -129,24 +151,38 @@ class DeepSpeedTrainer(Trainer):
 
     def memory_tensors(self) -> dict[str, list[Any]]:
         """The model's tensors and ZeRO's own: flat 16/32-bit groups and partitions, gradient partitions
-        and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state."""
-        from hpc.workloads.memory import module_tensors, tensors_in
+        and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state.
+        The reduce bucket is a buffer of --bucket-mb whatever the model: gradients that are views into it
+        while they wait for their reduction count as that buffer, not as gradient memory."""
+        from hpc.workloads.memory import _storage, module_tensors, tensors_in
 
         zero = self.engine.optimizer
         out = module_tensors(self.engine.module, getattr(zero, "optimizer", zero))
         out["params"] += [p.ds_tensor for p in self.engine.module.parameters() if hasattr(p, "ds_tensor")]
+        buckets: set[tuple] = set()
         for path, t in tensors_in(zero, "deepspeed"):
             low = path.lower()  # ZeRO's own names: *grad*, bit16/fp16 (parameters), fp32 (master copy)
-            kind = ("grads" if "grad" in low else "params" if "bit16" in low or "fp16" in low
-                    else "optimizer" if "fp32" in low else "buffers")
+            bucket = "ipg" in low and "buffer" in low
+            kind = ("buffers" if bucket else "grads" if "grad" in low
+                    else "params" if "bit16" in low or "fp16" in low else "optimizer" if "fp32" in low
+                    else "buffers")
             out[kind].append(t)
+            if bucket and _storage(t) is not None:
+                buckets.add(_storage(t)[0])
+        for kind in ("params", "grads"):
+            out[kind] = [t for t in out[kind] if t is None or (_storage(t) or (None,))[0] not in buckets]
         return out
 
     def memory_layout(self) -> Any:
         """ZeRO's shares over the data ranks, with DeepSpeed's own estimate beside them (stages 2, 3)."""
         from hpc.workloads.memory import zero_layout
 
-        return zero_layout(self.stage, self.comm.Get_size(), self._estimate())
+        layout = zero_layout(self.stage, self.comm.Get_size(), self._estimate())
+        if self.stage == 3 and self.ctx.device.type == "cpu":
+            from dataclasses import replace
+
+            return replace(layout, note=ZERO3_CPU_RSS)
+        return layout
 
     def _estimate(self) -> dict[str, Any] | None:
         """DeepSpeed's estimate_zero2/3_model_states_mem_needs (no offload): its per-device bytes, which
