@@ -22,11 +22,10 @@ master copy. A measured/expected gap above GAP_FLAG_PCT is flagged in the record
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
