@@ -48,7 +48,8 @@ def rank_prefix() -> str:
 
 @contextmanager
 def deadline(seconds: float | None, what: str) -> Iterator[None]:
-    """Abort the job if the block does not finish in `seconds` (a deadlocked collective never returns)."""
+    """End the whole job (one line naming `what`) if the block does not finish in `seconds`: a
+    deadlocked collective, a rendezvous or a process group's first handshake can wait forever."""
     if not seconds:
         yield
         return
@@ -100,19 +101,6 @@ class Watchdog:
                 sys.stderr.write(f"hpc: error: {rank_prefix()}{self._what} did not finish within "
                                  f"{self._limit:g} s (deadlock or a rank stuck?)\n")
                 abort(3)
-
-
-@contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
-    """End the whole job (one line naming `what`) if the block runs longer than `seconds`: for
-    set-up that can wait on a peer forever (a rendezvous, a process group's first handshake)."""
-    dog = Watchdog()
-    dog.arm(seconds, what)
-    try:
-        yield
-    finally:
-        dog.disarm()
-        dog.close()
 
 
 def check_uniform(comm: "MPI.Comm", buf: np.ndarray, what: str = "buffer") -> None:

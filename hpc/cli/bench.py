@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batches", type=count_or_auto(1), default=5,
                    help="timed batches per size, each kept (default 5); 'auto': from 5, add batches until "
                         "every algorithm's verdict against mpi (else the first) is clear, within "
-                        f"--max-reps/--max-time")
+                        "--max-reps/--max-time")
     c.add_argument("--interleave", choices=("auto", "batch", "call"), default="auto",
                    help="batch: batch b of every algorithm in turn; call: their calls alternate within "
                         "each round, each timed (pairs see the same moments of a busy machine); "
