@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpc.workloads.memory import (GAP_FLAG_PCT, Layout, count_bytes, expected_bytes, optimizer_values_per_param,
-                                  peak_rss_bytes, zero_layout)
+from hpc.workloads.memory import GAP_FLAG_PCT
+from hpc.workloads.memory_count import (Layout, count_bytes, expected_bytes, optimizer_values_per_param, peak_rss_bytes,
+                                        zero_layout)
 from tests.helpers import hpc, mpirun, one_error_line
 
 torch = pytest.importorskip("torch")

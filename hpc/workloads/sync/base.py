@@ -122,13 +122,13 @@ class Trainer:
     def memory_tensors(self) -> dict[str, list[Any]]:
         """What this rank keeps, by category (params, grads, optimizer, buffers), for the memory
         block: tensors/arrays (each storage counted once) or ints (bytes held out of Python's sight)."""
-        from hpc.workloads.memory import module_tensors
+        from hpc.workloads.memory_count import module_tensors
 
         return module_tensors(self.ctx.model, getattr(self, "optimizer", None))
 
     def memory_layout(self) -> Any:
         """The share of the model states this rank holds (hpc.workloads.memory.Layout): replicated."""
-        from hpc.workloads.memory import Layout
+        from hpc.workloads.memory_count import Layout
 
         return Layout()
 

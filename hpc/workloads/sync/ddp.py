@@ -103,7 +103,7 @@ class DDPTrainer(Trainer):
                 "overlap": True, "backend": dist.get_backend()}
 
     def memory_layout(self) -> Any:
-        from hpc.workloads.memory import Layout
+        from hpc.workloads.memory_count import Layout
 
         return Layout(note="ddp: gradients are views into DDP's buckets (gradient_as_bucket_view): the "
                            "buckets are counted as gradients")

@@ -154,7 +154,7 @@ class DeepSpeedTrainer(Trainer):
         and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state.
         The reduce bucket is a buffer of --bucket-mb whatever the model: gradients that are views into it
         while they wait for their reduction count as that buffer, not as gradient memory."""
-        from hpc.workloads.memory import _storage, module_tensors, tensors_in
+        from hpc.workloads.memory_count import module_tensors, storage, tensors_in
 
         zero = self.engine.optimizer
         out = module_tensors(self.engine.module, getattr(zero, "optimizer", zero))
@@ -167,15 +167,15 @@ class DeepSpeedTrainer(Trainer):
                     else "params" if "bit16" in low or "fp16" in low else "optimizer" if "fp32" in low
                     else "buffers")
             out[kind].append(t)
-            if bucket and _storage(t) is not None:
-                buckets.add(_storage(t)[0])
+            if bucket and storage(t) is not None:
+                buckets.add(storage(t)[0])
         for kind in ("params", "grads"):
-            out[kind] = [t for t in out[kind] if t is None or (_storage(t) or (None,))[0] not in buckets]
+            out[kind] = [t for t in out[kind] if t is None or (storage(t) or (None,))[0] not in buckets]
         return out
 
     def memory_layout(self) -> Any:
         """ZeRO's shares over the data ranks, with DeepSpeed's own estimate beside them (stages 2, 3)."""
-        from hpc.workloads.memory import zero_layout
+        from hpc.workloads.memory_count import zero_layout
 
         layout = zero_layout(self.stage, self.comm.Get_size(), self._estimate())
         if self.stage == 3 and self.ctx.device.type == "cpu":

@@ -107,7 +107,7 @@ class HorovodTrainer(Trainer):
         return out
 
     def memory_layout(self) -> Any:
-        from hpc.workloads.memory import Layout
+        from hpc.workloads.memory_count import Layout
 
         return Layout(note="horovod: the fusion buffer lives in C++; it is counted at the size Horovod "
                            "allocates (the fusion threshold rounded up), not read from a tensor")

@@ -247,7 +247,7 @@ class PSAsyncTrainer(Trainer):
     def memory_tensors(self) -> dict[str, list[Any]]:
         """Workers: the model, its gradients, the push/pull buffers. Servers: also their shard, its
         gradient (the received message) and optimizer state."""
-        from hpc.workloads.memory import module_tensors
+        from hpc.workloads.memory_count import module_tensors
 
         if self.is_worker:
             out = module_tensors(self.ctx.model)
@@ -259,7 +259,7 @@ class PSAsyncTrainer(Trainer):
         return out
 
     def memory_layout(self) -> Any:
-        from hpc.workloads.memory import Layout
+        from hpc.workloads.memory_count import Layout
 
         if self.is_worker:
             return Layout(optimizer=0.0, scheme="ps-async worker (all parameters and gradients, no "
