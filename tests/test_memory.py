@@ -200,6 +200,9 @@ def test_compare_puts_memory_beside_throughput_and_answers_max_memory(run) -> No
     assert proc.returncode == 0, proc.stderr
     assert "Speed and memory per rank" in proc.stdout and "model states/rank" in proc.stdout
     assert "Fastest within 100GiB per rank" in proc.stdout
+    # the record's notes reach the table: ZeRO-3 on cpu says why its peak RSS may stand above what it holds
+    assert recs["deepspeed-zero3"]["memory"]["notes"] and "deepspeed-zero3: peak RSS: " in proc.stdout
+    assert "MALLOC_MMAP_THRESHOLD_" in proc.stdout
     js = hpc("compare", str(path), "--max-memory", "100GB", "--json")
     pt = json.loads(js.stdout)[0]
     assert pt["max_memory"]["fastest_fitting"] == pt["ranking"][0]["name"]  # everything fits: the fastest

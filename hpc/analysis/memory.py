@@ -45,6 +45,7 @@ def scheme_memory(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
     gaps = [e.get("gap_pct") for e in exp if isinstance(e.get("gap_pct"), (int, float))]
     out["gap_pct"] = max(gaps, key=abs) if gaps else None
     out["flags"] = sorted({f for e in exp for f in e.get("flags") or []})
+    out["notes"] = list(dict.fromkeys(n for b in blocks for n in b.get("notes") or [] if isinstance(n, str)))
     out["accounting"] = next((e.get("accounting") for e in exp if e.get("accounting")), None)
     lib = [e.get("library_estimate") for e in exp if isinstance(e.get("library_estimate"), dict)]
     out["library_estimate_bytes"] = _median([x.get("bytes") for x in lib])
@@ -161,6 +162,8 @@ def memory_tables(ranked: list[dict[str, Any]], wide: bool = False) -> list:
         for r in rows:
             for f in r["memory"]["flags"]:
                 tab.notes.append(f"⚑ {r['name']}: {f}")
+            for n in r["memory"].get("notes") or []:
+                tab.notes.append(f"{r['name']}: {n}")
         tabs.append(tab)
     return tabs
 
