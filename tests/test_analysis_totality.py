@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,12 +80,15 @@ def record_sets(draw) -> list[dict]:
 
 
 def run_verb(*argv: str) -> None:
-    """Run one verb as `hpc` runs it, minus main's catch-all: HpcError is a refusal, anything else a bug."""
+    """Run one verb as `hpc` runs it, minus main's catch-all: HpcError is a refusal, anything else a bug
+    (a library's UserWarning too: it would land on the user's terminal, e.g. an empty plot legend)."""
     args = build_parser().parse_args(list(argv))
-    try:
-        args.func(args)
-    except HpcError:
-        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            args.func(args)
+        except HpcError:
+            pass
 
 
 @settings(max_examples=40, deadline=None, derandomize=bool(os.environ.get("CI")),  # CI: the same 40 sets

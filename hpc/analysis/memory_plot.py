@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpc.analysis.memory import has_memory, memory_tables, memory_vs_n, n_table, pareto_front, speed_memory
+from hpc.analysis.plot_scaling import legend
 
 _MIB = float(1 << 20)
 
@@ -41,7 +42,7 @@ def speed_memory_panel(pt: dict[str, Any], color: Callable[[str], Any]) -> tuple
         if len(pts) > 1:
             ax.step([p[0] for p in pts], [p[1] for p in pts], where="post" if higher else "pre", color="0.25",
                     ls="--", lw=1.0, label="Pareto front (★)")
-            ax.legend(fontsize=7.5, loc="lower right")
+            legend(ax, fontsize=7.5, loc="lower right")
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(f"memory per rank ({unit}): ● peak ({'GPU' if rows[0]['memory']['device'] == 'cuda' else 'RSS'})"
@@ -81,7 +82,7 @@ def memory_n_panel(records: list[dict[str, Any]], color: Callable[[str], Any]) -
         ax.set_ylabel(f"per rank ({unit}): — model states, -- peak RSS")
         ax.set_title(f"Memory per rank vs N — {key[0]} ({key[1]})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7.5)
+        legend(ax, fontsize=7.5)
     return paint
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from hpc.errors import HpcError
 
-from hpc.analysis.plot_scaling import MARKERS as _MARKERS, axis_n as _axis_n, name as _name, scaling_panels
+from hpc.analysis.plot_scaling import MARKERS as _MARKERS, axis_n as _axis_n, legend as _legend, name as _name, scaling_panels
 
 
 def _median_by(recs: list[dict], key: str, field: str) -> tuple[list[float], list[float]]:
@@ -74,7 +74,7 @@ def _collective_panels(coll: list[dict], color) -> list[Callable]:
             ax.set_ylabel(ylabel)
             ax.set_title(f"{title} — np = {pmax}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
-            ax.legend(fontsize=8, framealpha=0.9)
+            _legend(ax, fontsize=8, framealpha=0.9)
         return paint
 
     def paint_ratio(ax):
@@ -102,7 +102,7 @@ def _collective_panels(coll: list[dict], color) -> list[Callable]:
         ax.set_ylabel("speed vs native MPI (time_mpi / time)")
         ax.set_title(f"Relative to native MPI_Allreduce — np = {pmax}", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8, framealpha=0.9)
+        _legend(ax, fontsize=8, framealpha=0.9)
 
     if pmax > 1:
         panels.append(by_size("busbw_GBps", "busbw (GB/s), higher is better",
@@ -128,7 +128,7 @@ def _collective_panels(coll: list[dict], color) -> list[Callable]:
             ax.set_ylabel("busbw (GB/s), higher is better")
             ax.set_title(f"Bus bandwidth vs ranks — {fmt_bytes(smax)}", fontsize=10)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8, framealpha=0.9)
+            _legend(ax, fontsize=8, framealpha=0.9)
         panels.append(paint_np)
     return panels
 

@@ -13,6 +13,13 @@ MARKERS = "osD^v<>ph*"
 DEFAULT_REACH = 8  # without an asked N, curves are drawn to 8× the largest measured N
 
 
+def legend(ax, **kw: Any) -> None:
+    """A legend when the panel has labelled lines (a panel of failed or unlabelled points has none:
+    matplotlib would warn on the user's terminal)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def axis_n(ax, ns: list[int]) -> None:
     """log2 x axis with ticks at the given rank counts."""
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
@@ -123,7 +130,7 @@ def speedup_panel(ax, fits: list, color: Callable[[str], Any], curves: list, top
     ax.set_title(f"Speedup — {kind}", fontsize=10)
     ax.set_ylabel("speedup S(N)")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.9,
+    legend(ax, fontsize=7, loc="upper left", framealpha=0.9,
               title="median (whiskers: rep range), chosen model (line),\n95% prediction band, "
                     "prediction (dashed)", title_fontsize=7)
 
@@ -148,7 +155,7 @@ def efficiency_panel(ax, fits: list, color: Callable[[str], Any], curves: list, 
                  " scaling", fontsize=10)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7.5, loc="lower left", framealpha=0.9)
+        legend(ax, fontsize=7.5, loc="lower left", framealpha=0.9)
 
 
 def scaling_panels(fits: list, color: Callable[[str], Any], nps: list[int] | None = None) -> list[Callable]:
