@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 
 from hpc.errors import HpcError
 
-from hpc.analysis.plot_scaling import MARKERS as _MARKERS, axis_n as _axis_n, legend as _legend, name as _name, scaling_panels
+from hpc.analysis.plot_scaling import (MARKERS as _MARKERS, axis_n as _axis_n, legend as _legend, name as _name,
+                                       scaling_panels)
 
 
 def _median_by(recs: list[dict], key: str, field: str) -> tuple[list[float], list[float]]:

@@ -154,8 +154,7 @@ def efficiency_panel(ax, fits: list, color: Callable[[str], Any], curves: list, 
     ax.set_title("Parallel efficiency — " + ("strong" if fits[0].law == "amdahl" else "weak") +
                  " scaling", fontsize=10)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        legend(ax, fontsize=7.5, loc="lower left", framealpha=0.9)
+    legend(ax, fontsize=7.5, loc="lower left", framealpha=0.9)
 
 
 def scaling_panels(fits: list, color: Callable[[str], Any], nps: list[int] | None = None) -> list[Callable]:
