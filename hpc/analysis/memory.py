@@ -162,8 +162,9 @@ def memory_tables(ranked: list[dict[str, Any]], wide: bool = False) -> list:
         for r in rows:
             for f in r["memory"]["flags"]:
                 tab.notes.append(f"⚑ {r['name']}: {f}")
-            for n in r["memory"].get("notes") or []:
-                tab.notes.append(f"{r['name']}: {n}")
+            for n in r["memory"].get("notes") or []:  # a scheme's notes name it ("ddp: ...", "ZeRO-3 on CPU: ...")
+                if n not in tab.notes:
+                    tab.notes.append(n)
         tabs.append(tab)
     return tabs
 

@@ -104,6 +104,31 @@ def tensors_in(obj: Any, owner: str = "", depth: int = 4, limit: int = 200_000) 
     return out
 
 
+def split_buckets(groups: dict[str, list[Any]], buckets: Mapping[tuple, int]) -> dict[str, list[Any]]:
+    """A reduce bucket (storage key -> bytes) is a buffer of fixed size whatever the model; the gradients
+    waiting in it as views are gradients. So each view counts its own bytes as gradients and the rest of
+    the bucket counts as buffers, instead of the whole bucket landing in one category."""
+    if not buckets:
+        return groups
+    views: dict[int, int] = {}  # data pointer -> bytes of the distinct gradient views into a bucket
+    for kind in ("params", "grads", "optimizer"):
+        kept = []
+        for t in groups.get(kind, []):
+            found = storage(t) if t is not None and not isinstance(t, (int, np.integer)) else None
+            if found is None or found[0] not in buckets:
+                kept.append(t)
+            elif kind == "grads":
+                ptr, size = ((t.__array_interface__["data"][0], t.nbytes) if isinstance(t, np.ndarray)
+                             else (t.data_ptr(), t.numel() * t.element_size()))
+                views[ptr] = size
+        groups[kind] = kept
+    in_use = min(sum(views.values()), sum(buckets.values()))
+    groups["grads"].append(in_use)
+    groups["buffers"] = [t for t in groups.get("buffers", []) if t is None or isinstance(t, (int, np.integer))
+                         or (storage(t) or (None,))[0] not in buckets] + [sum(buckets.values()) - in_use]
+    return groups
+
+
 # -- peak resident and device memory ---------------------------------------------------------------
 
 def reset_peak_rss() -> bool:

@@ -64,9 +64,10 @@ def ds_config(batch: int, world: int, stage: int, bucket_bytes: int, fp16_compre
     return cfg
 
 
-ZERO3_CPU_RSS = ("peak RSS: ZeRO-3 gathers and frees every layer each step; glibc keeps freed blocks under its "
-                 "32 MiB mmap limit in its heap, so RSS can stay well above what is held (measured 1.5 vs 0.9 GiB, "
-                 "results/memory/README.md); MALLOC_MMAP_THRESHOLD_=65536 hands them back, at some speed")
+ZERO3_CPU_RSS = ("ZeRO-3 on CPU, peak RSS: it gathers and frees every layer each step; glibc keeps freed "
+                 "blocks under its 32 MiB mmap limit in its heap, so RSS can stay well above what is held "
+                 "(measured 1.5 vs 0.9 GiB, results/memory/README.md); MALLOC_MMAP_THRESHOLD_=65536 hands them "
+                 "back, at some speed")
 
 
 class DeepSpeedTrainer(Trainer):
@@ -154,24 +155,22 @@ class DeepSpeedTrainer(Trainer):
         and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state.
         The reduce bucket is a buffer of --bucket-mb whatever the model: gradients that are views into it
         while they wait for their reduction count as that buffer, not as gradient memory."""
-        from hpc.workloads.memory_count import module_tensors, storage, tensors_in
+        from hpc.workloads.memory_count import module_tensors, split_buckets, storage, tensors_in
 
         zero = self.engine.optimizer
         out = module_tensors(self.engine.module, getattr(zero, "optimizer", zero))
         out["params"] += [p.ds_tensor for p in self.engine.module.parameters() if hasattr(p, "ds_tensor")]
-        buckets: set[tuple] = set()
+        buckets: dict[tuple, int] = {}
         for path, t in tensors_in(zero, "deepspeed"):
             low = path.lower()  # ZeRO's own names: *grad*, bit16/fp16 (parameters), fp32 (master copy)
-            bucket = "ipg" in low and "buffer" in low
-            kind = ("buffers" if bucket else "grads" if "grad" in low
-                    else "params" if "bit16" in low or "fp16" in low else "optimizer" if "fp32" in low
-                    else "buffers")
+            found = storage(t)
+            if "ipg" in low and "buffer" in low and found is not None:
+                buckets[found[0]] = found[1]
+                continue
+            kind = ("grads" if "grad" in low else "params" if "bit16" in low or "fp16" in low
+                    else "optimizer" if "fp32" in low else "buffers")
             out[kind].append(t)
-            if bucket and storage(t) is not None:
-                buckets.add(storage(t)[0])
-        for kind in ("params", "grads"):
-            out[kind] = [t for t in out[kind] if t is None or (storage(t) or (None,))[0] not in buckets]
-        return out
+        return split_buckets(out, buckets)
 
     def memory_layout(self) -> Any:
         """ZeRO's shares over the data ranks, with DeepSpeed's own estimate beside them (stages 2, 3)."""
