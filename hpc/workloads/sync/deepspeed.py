@@ -120,7 +120,7 @@ class DeepSpeedTrainer(Trainer):
     def _mark_at_last_grad(self) -> list[Any]:
         """Hooks that let the memory probe look once every local gradient exists, before DeepSpeed
         reduces them: ZeRO-1 holds its full gradients at that moment (it partitions them only
-        afterwards, inside engine.backward), ZeRO-2/3 only what they have reduced into partitions so far."""
+        afterwards, inside engine.backward), ZeRO-2/3 their partitions and what waits in the reduce bucket."""
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
         left = [len(params)]
 
@@ -153,8 +153,8 @@ class DeepSpeedTrainer(Trainer):
     def memory_tensors(self) -> dict[str, list[Any]]:
         """The model's tensors and ZeRO's own: flat 16/32-bit groups and partitions, gradient partitions
         and buckets (found by walking the ZeRO optimizer), the inner optimizer's fp32 partitions and state.
-        The reduce bucket is a buffer of --bucket-mb whatever the model: gradients that are views into it
-        while they wait for their reduction count as that buffer, not as gradient memory."""
+        The reduce bucket is a buffer of --bucket-mb whatever the model: gradients waiting in it as views
+        count as gradients by their own size, the rest of it as a buffer (split_buckets)."""
         from hpc.workloads.memory_count import module_tensors, split_buckets, storage, tensors_in
 
         zero = self.engine.optimizer
