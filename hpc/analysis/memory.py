@@ -5,7 +5,8 @@ tensors each scheme keeps, the rank's peak resident memory during the timed step
 memory with --device cuda), all as the max over ranks, and the ZeRO accounting's expectation. Here:
 the per-point table beside throughput, "the fastest scheme that fits in M per rank" (`fits`), the
 speed–memory Pareto front, and memory per rank against N in a sweep (fitted a + b/N: replicated
-schemes are flat, ZeRO-3 falls as 1/N) with predictions at more ranks.
+schemes are flat, ZeRO-3 falls as 1/N) with predictions at more ranks (the fit and its intervals:
+memory_predict, which `hpc predict` prints beside time).
 """
 
 from __future__ import annotations
@@ -264,39 +265,10 @@ def memory_vs_n(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, dict
             for k, v in raw.items()}
 
 
-def fit_per_rank(nps: list[int], values: list[float]) -> tuple[float, float]:
-    """Least-squares (a, b) of bytes per rank = a + b/N: a is what every rank keeps whole (replicated),
-    b what is split over the N ranks (ZeRO-3 shards nearly everything: a ≈ 0)."""
-    import numpy as np
-
-    if len(set(nps)) < 2:
-        return float(np.mean(values)), 0.0
-    x = np.column_stack([np.ones(len(nps)), 1.0 / np.asarray(nps, dtype=float)])
-    (a, b), *_ = np.linalg.lstsq(x, np.asarray(values, dtype=float), rcond=None)
-    return float(a), float(b)
-
-
-def predict_memory(records: Iterable[dict[str, Any]], nps: list[int],
-                   field: str = "model_states_bytes") -> list[dict[str, Any]]:
-    """Per scheme and model measured at two or more N: `field` per rank fitted as a + b/N and
-    predicted at `nps` (what `hpc predict` can print beside time)."""
-    rows = []
-    for (variant, scaling), by in memory_vs_n(records).items():
-        for name, per_n in sorted(by.items()):
-            pts = [(n, m[field]) for n, m in per_n.items() if m and m.get(field) is not None]
-            if len({n for n, _ in pts}) < 2:
-                continue
-            a, b = fit_per_rank([n for n, _ in pts], [v for _, v in pts])
-            for n in nps:
-                rows.append({"name": name, "model": variant, "scaling": scaling, "np": int(n), "field": field,
-                             "bytes": max(0.0, a + b / n), "fixed_bytes": a, "split_bytes": b,
-                             "measured_np": sorted(n for n, _ in pts)})
-    return rows
-
-
 def n_table(records: Iterable[dict[str, Any]], predict_at: list[int] | None = None):
     """Model states and peak RSS per rank against N for each scheme, the a + b/N fit, and (optional)
     predictions; None without two or more N."""
+    from hpc.analysis.memory_predict import fit
     from hpc.table import Table
 
     data = memory_vs_n(records)
@@ -313,10 +285,9 @@ def n_table(records: Iterable[dict[str, Any]], predict_at: list[int] | None = No
                 m = per_n.get(n)
                 cells.append("—" if not m else f"{_size(m['model_states_bytes'])}; {_size(m['peak_rss_bytes'])}")
             pts = [(n, m["model_states_bytes"]) for n, m in per_n.items() if m]
-            a, b = fit_per_rank([n for n, _ in pts], [v for _, v in pts])
-            fit = f"{_size(max(a, 0))} + {_size(max(b, 0))}/N" if len(pts) > 1 else "—"
-            tab.add(f"{variant} ({scaling})", name, *cells, fit,
-                    *(_size(max(0.0, a + b / n)) if len(pts) > 1 else "—" for n in more))
+            mf = fit([n for n, _ in pts], [v for _, v in pts])
+            tab.add(f"{variant} ({scaling})", name, *cells, mf.form if len(pts) > 1 else "—",
+                    *(_size(mf.at(n)[0]) if len(pts) > 1 else "—" for n in more))
     tab.notes.append("a: bytes every rank keeps whole; b: bytes split over the N ranks (replicated schemes: "
                      "b ≈ 0; ZeRO-3: a ≈ 0, per-rank memory falls as 1/N)")
     return tab

@@ -86,19 +86,44 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         held, _ = curves_from_path(args.check, args.scaling)
         rows, summary = check_rows(fcs, held, nps or None)
+        mem = _memory(args.path, fcs, rows, args.check)
         if args.json:
-            _dump(json_safe({"rows": rows, "summary": summary}))
+            _dump(json_safe({"rows": rows, "summary": summary, "memory": mem}))
         else:
-            print_tables(check_tables(fcs, rows, summary, args.detail), style)
+            tabs = check_tables(fcs, rows, summary, args.detail)
+            print_tables(tabs + _memory_tables(rows, mem), style)
         code = _gate(summary, args.max_error, args.min_coverage)
     else:
         rows = predict_rows(fcs, nps or default_nps(fcs))
+        _memory(args.path, fcs, rows)
         if args.json:
             _dump(json_safe(rows))
         else:
-            print_tables(predict_tables(fcs, rows, args.detail), style)
+            print_tables(predict_tables(fcs, rows, args.detail) + _memory_tables(rows), style)
     note_failures(args.path)
     return code
+
+
+def _memory(path: str, fcs: list, rows: list[dict], held: str | None = None) -> list[dict]:
+    """Memory per rank beside time: each train row whose records carry memory gets `memory` (a + b/N
+    fits, hpc.analysis.memory_predict); with `held`, predicted vs measured memory rows."""
+    from pathlib import Path
+
+    from hpc.analysis import memory_predict as mp
+    from hpc.analysis.curves import is_csv
+    from hpc.analysis.groups import load_records
+
+    if is_csv(Path(path)):
+        return []
+    mp.attach(rows, [c for c, _ in fcs], mp.memory_fits(load_records(path)))
+    return mp.check_memory(rows, load_records(held)) if held and not is_csv(Path(held)) else []
+
+
+def _memory_tables(rows: list[dict], checked: list[dict] | None = None) -> list:
+    from hpc.analysis import memory_predict as mp
+
+    tabs = [mp.check_table(checked) if checked else mp.memory_table(rows)]
+    return [t for t in tabs if t is not None]
 
 
 def _gate(summary: dict, max_error: float | None, min_coverage: float | None) -> int:

@@ -141,7 +141,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     device = _device(torch, tc.device)
     sync.require(pl.scheme, device.type)  # missing/broken package: likewise
     from hpc.workloads.sync.base import (TrainContext, TrainOptions, average_buffers, broadcast_state,
-                                        check_same_model, flat_buffers, local_layout)
+                                        check_same_model, flat_buffers, fused_update, local_layout)
 
     local_rank, local_size = local_layout(comm)
     torch.set_num_threads(tc.threads or _threads(local_size))
@@ -176,6 +176,7 @@ def run_one(tc: TrainConfig, brief: bool = False, extra: dict[str, Any] | None =
     base = {"sync": tc.sync, "model": cfg.name, "device": device.type, "batch_per_rank": batch,
             "global_batch": batch * n_workers, "steps": tc.steps, "scaling": pl.scaling,
             "n_params": n_params(model), "optimizer": tc.optimizer, "lr": pl.lr,
+            "optimizer_kernel": "fused" if fused_update(list(model.parameters())) else "for-loop",
             "sample_shape": list(cfg.sample_shape()), "model_args": dict(cfg.args),
             "nodes": len(prov["hosts"]), "provenance": prov, **(extra or {})}
     try:

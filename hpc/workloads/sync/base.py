@@ -177,15 +177,27 @@ class SchemeFacts:
 OPTIMIZERS = ("sgd", "adam")
 
 
+def fused_update(params: list["torch.nn.Parameter"]) -> bool:
+    """Whether torch's fused kernel can run the update: dense floating parameters, all on CPU or all on
+    one CUDA device. Why fused: on CPU torch otherwise loops over the parameters (foreach is CUDA-only
+    by default), and each update makes temporaries the size of the largest parameter — twice the flat
+    partition DeepSpeed hands its optimizer, as much as ZeRO saves on 2 ranks — and runs ×5 slower
+    (a 58.9 M-element tensor: 219 vs 40 ms, +449 MiB vs +0). Same arithmetic, elementwise."""
+    kinds = {p.device.type for p in params}
+    return len(kinds) == 1 and kinds <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
 def make_optimizer(params: Iterable["torch.nn.Parameter"], opts: TrainOptions) -> "torch.optim.Optimizer":
-    """Plain SGD (optionally with momentum) or Adam: the same update for every scheme."""
+    """Plain SGD (optionally with momentum) or Adam: the same update for every scheme, through
+    torch's fused kernel where it runs (fused_update)."""
     import torch
 
     params = list(params)
+    fused = fused_update(params) or None
     if opts.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum)
+        return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, fused=fused)
     if opts.optimizer == "adam":
-        return torch.optim.Adam(params, lr=opts.lr)
+        return torch.optim.Adam(params, lr=opts.lr, fused=fused)
     raise HpcError(f"unknown optimizer '{opts.optimizer}' (known: {', '.join(OPTIMIZERS)})")
 
 
