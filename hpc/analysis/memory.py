@@ -52,6 +52,8 @@ def scheme_memory(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
     out["library_estimate_bytes"] = _median([x.get("bytes") for x in lib])
     out["device"] = "cuda" if out["peak_device_bytes"] is not None else "cpu"
     out["peak_bytes"] = out["peak_device_bytes"] if out["device"] == "cuda" else out["peak_rss_bytes"]
+    phases = [b.get("peak_rss_phase") for b in blocks if isinstance(b.get("peak_rss_phase"), str)]
+    out["peak_rss_phase"] = max(set(phases), key=phases.count) if phases else None
     out["reps"] = len(blocks)
     return out
 
@@ -140,7 +142,7 @@ def memory_tables(ranked: list[dict[str, Any]], wide: bool = False) -> list:
         head = f"{pt['metric']} ({pt['unit']})"
         parts = ["params", "grads", "optimizer", "buffers"] if wide else []
         cols = ["#", "scheme", head, "speed vs best", "peak RSS/rank"] + (["peak GPU/rank"] if cuda else []) + \
-               ["model states/rank", *parts, "expected", "gap"]
+               ["model states/rank", *parts, "expected", "gap"] + (["peak RSS set in"] if wide else [])
         tab = Table(f"Speed and memory per rank — {pt['point']}", cols)
         for r in pt["ranking"]:
             m = r.get("memory")
@@ -151,7 +153,7 @@ def memory_tables(ranked: list[dict[str, Any]], wide: bool = False) -> list:
             tab.add(r["rank"], r["name"], fmt_num(r["value"]), f"{r['speed_vs_best']:.2f}×",
                     _size(m["peak_rss_bytes"]), *([_size(m["peak_device_bytes"])] if cuda else []),
                     _size(m["model_states_bytes"]), *(_size(m[f"{k}_bytes"]) for k in parts),
-                    _size(m["expected_bytes"]), _gap(m))
+                    _size(m["expected_bytes"]), _gap(m), *([m.get("peak_rss_phase") or "—"] if wide else []))
         tab.notes.append("per rank, max over ranks, median over repetitions. model states = params + grads + "
                          f"optimizer state + sync buffers{'' if wide else ' (apart with --wide)'}, counted from "
                          "the tensors each scheme keeps; peak RSS "

@@ -6,8 +6,12 @@ repetition as bytes per rank = a + b/N: a is what every rank keeps whole (a repl
 whole model states, the libraries), b what is split over the N ranks (ZeRO-3's shards; in strong
 scaling also the activations of a batch split N ways). The ZeRO accounting has exactly this form,
 so the fit is the accounting with its constants measured. The 95% prediction interval is the
-ordinary least-squares one (run-to-run scatter + the fit's own uncertainty, Student t); with two
-rank counts and no repetitions there is no scatter to measure, and no interval is claimed.
+least-squares one (run-to-run scatter + the fit's own uncertainty, Student t) widened by what the
+form itself misses: refitted without the largest N (then the two largest, with four or more), the
+fit predicts what it did not see, and the RMS of those errors joins the interval (ZeRO-2's
+gradient moment holds a layer straddling its partition boundary, which is not exactly 1/N). With
+two rank counts and no repetitions there is nothing to measure either from, and no interval is
+claimed.
 
     >>> fits = memory_fits(records)                  # {(name, variant, scaling): {field: MemoryFit}}
     >>> fits[key]["model_states_bytes"].at(64)       # (bytes, (lo, hi) or None)
@@ -36,6 +40,7 @@ class MemoryFit:
     s2: float | None          # residual variance; None: nothing left to estimate it from
     dof: int
     xtx_inv: np.ndarray | None
+    backtest_rms: float | None = None  # bytes: leave-largest-N-out errors of the form
 
     @property
     def form(self) -> str:
@@ -54,18 +59,37 @@ class MemoryFit:
         else:
             x0 = np.array([1.0, 1.0 / n])
             mu = self.a + self.b / n
-        if self.s2 is None:
+        if self.s2 is None and self.backtest_rms is None:
             return max(mu, 0.0), None
         from scipy.stats import t as student
 
         inv = self.xtx_inv if self.xtx_inv is not None else np.array([[1.0 / self.n.size]])
-        half = float(student.ppf(0.975, self.dof)) * math.sqrt(self.s2 * (1.0 + float(x0 @ inv @ x0)))
+        noise = float(student.ppf(0.975, self.dof)) * math.sqrt(self.s2 * (1.0 + float(x0 @ inv @ x0))) \
+            if self.s2 is not None else 0.0
+        form = 1.96 * (self.backtest_rms or 0.0)
+        half = math.hypot(noise, form)
         return max(mu, 0.0), (max(mu - half, 0.0), mu + half)
 
 
 def fit(n: Iterable[float], y: Iterable[float]) -> MemoryFit:
-    """Least squares of y = a + b/N over every (N, bytes); a constant where only one N was measured."""
+    """Least squares of y = a + b/N over every (N, bytes), with its leave-largest-N-out backtest;
+    a constant where only one N was measured."""
     n, y = np.asarray(list(n), dtype=float), np.asarray(list(y), dtype=float)
+    out = _ols(n, y)
+    uniq = np.unique(n)
+    errs = []
+    for h in range(1, 3 if uniq.size >= 4 else 2):
+        if uniq.size - h < 2:
+            break
+        tr = n < uniq[-h]
+        part = _ols(n[tr], y[tr])
+        errs += [part.at(v)[0] - float(y[n == v].mean()) for v in uniq[-h:]]
+    if errs:
+        out.backtest_rms = float(np.sqrt(np.mean(np.square(errs))))
+    return out
+
+
+def _ols(n: np.ndarray, y: np.ndarray) -> MemoryFit:
     if np.unique(n).size < 2:
         dof = n.size - 1
         s2 = float(np.var(y, ddof=1)) if dof > 0 else None
@@ -108,7 +132,7 @@ def memory_at(fits: dict[str, MemoryFit], n: int) -> dict[str, Any]:
     for f, mf in fits.items():
         value, pi = mf.at(n)
         out[f] = {"bytes": value, "pi95": list(pi) if pi else None, "form": f"{mf.form} per rank",
-                  "measured_np": sorted({int(v) for v in mf.n})}
+                  "measured_np": sorted({int(v) for v in mf.n}), "backtest_rms_bytes": mf.backtest_rms}
     return out
 
 
@@ -146,8 +170,9 @@ def memory_table(rows: list[dict[str, Any]]):
         tab.add(r["curve"], r["np"], *(_cell(m.get(f)) for f in figs), states.get("form", "—"),
                 ",".join(map(str, states.get("measured_np", []))))
     tab.notes.append("each figure fitted over every repetition as a + b/N bytes per rank (a: kept whole on "
-                     "every rank; b: split over the N ranks), the ZeRO accounting's form; no interval where "
-                     "two rank counts without repetitions leave no scatter to measure")
+                     "every rank; b: split over the N ranks), the ZeRO accounting's form; the interval holds "
+                     "run-to-run scatter and what the form missed when refitted without the largest N; none "
+                     "where two rank counts without repetitions leave nothing to measure either from")
     return tab
 
 

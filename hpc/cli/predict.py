@@ -1,5 +1,6 @@
 """`hpc predict PATH --np 16,24,512`: time, 95% prediction interval, speedup and model at rank
-counts nobody measured; `--check HELDOUT` backtests those predictions against measurements."""
+counts nobody measured (and memory per rank for training records); `--check HELDOUT` backtests
+those predictions against measurements."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ the α–β form of the collective), chosen by a leave-largest-N-out backtest an
 comes with a 95% prediction interval for one run's time (parameter uncertainty + run-to-run and
 per-N scatter); where models disagree the interval is their mixture, and is flagged. No number
 (with the reason) where nothing fits, or where the interval would span more than ×10.
+Training records that carry memory also get memory per rank at each N (model states, peak RSS),
+fitted as a + b/N with a 95% prediction interval.
 
 PATH is a records file or sweep directory (local or Slurm; one curve per group and node count) or
 a CSV with columns np,time_s (one row per repetition).

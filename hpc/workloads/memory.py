@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpc.workloads.memory_count import (CATEGORIES, Layout, count_bytes, expected_bytes, optimizer_tensors,
-                                        optimizer_values_per_param, peak_rss_bytes, reset_peak_rss)
+                                        optimizer_values_per_param, peak_mark, peak_rss_bytes, reset_peak_rss)
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -52,6 +52,9 @@ HOW = {
     "peak_rss_bytes": "the rank's peak resident set (VmHWM of /proc/self/status), reset through "
                       "/proc/self/clear_refs at the first timed step and read after the last (before the parameters are "
                       "read back whole)",
+    "peak_rss_phase": "which phase of the timed steps first came within 2% of the peak (VmHWM read where "
+                      "each step enters and leaves the optimizer update, and at its end), on the rank with "
+                      "the largest peak",
     "peak_device_bytes": "torch.cuda.max_memory_allocated, its peak reset at the first timed step",
     "expected": f"ZeRO paper accounting at this run's dtype and optimizer: params·share_p + grads·share_g + "
                 f"(optimizer state + fp32 master copy)·share_o per rank; compared with params + grads + "
@@ -77,7 +80,10 @@ class Probe:
     spent_s: float = 0.0       # time spent counting (the snapshot step only)
     peak_rss: int | None = None  # both read after the last step
     peak_device: int | None = None
+    start_mark: int | None = None  # VmHWM at the first timed step, then per timed step: entering the
+    marks: list[list[int | None]] = field(default_factory=list)  # update, leaving it, step end
     _hook: Any = field(default=None, repr=False)
+    _phase_hooks: list[Any] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.look_at = min(1, self.steps - 1)
@@ -93,13 +99,43 @@ class Probe:
     def before_step(self, s: int) -> None:
         if s == self.warm:
             self._reset_peaks()
+            self._watch_phases()
         if s == self.look_at:
             from torch.optim.optimizer import register_optimizer_step_pre_hook
 
             self._hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: self.mark("update"))
             self.trainer.memory_mark = self.mark
 
+    def _watch_phases(self) -> None:
+        """Read the peak mark where each timed step enters and leaves the optimizer update (torch's
+        global optimizer hooks; 2 getrusage calls inside the step, 0.5 µs each here) and at its end
+        (outside): which phase set the peak (phase_of)."""
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self.start_mark = peak_mark()
+        self.marks = [[None, None, None]]
+
+        def pre(opt, args, kwargs):
+            if self.marks[-1][0] is None:
+                self.marks[-1][0] = peak_mark()
+
+        def post(opt, args, kwargs):
+            self.marks[-1][1] = peak_mark()
+
+        self._phase_hooks = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+
+    def _unwatch(self) -> None:
+        for h in self._phase_hooks:
+            h.remove()
+        self._phase_hooks = []
+
     def after_step(self, s: int) -> None:
+        if s >= self.warm and self.marks:
+            self.marks[-1][2] = peak_mark()
+            if s < self.steps - 1:
+                self.marks.append([None, None, None])
+            else:
+                self._unwatch()
         if s == self.look_at:
             self.mark("step end")
             self._disarm()
@@ -127,12 +163,15 @@ class Probe:
     def finish(self) -> dict[str, Any]:
         """This rank's figures (after the last step, or after serving on a server rank)."""
         self._disarm()
+        self._unwatch()
         if self.best is None:
             self.mark("end of run")
         out: dict[str, Any] = {f"{c}_bytes": v for c, v in self.best.items()}
         out["model_states_bytes"] = sum(self.best.values())
         out["seen_at"] = self.seen_at
         out["peak_rss_bytes"] = self.peak_rss if self.peak_rss is not None else peak_rss_bytes()
+        if self.rss_reset and self.start_mark is not None and self.marks and self.marks[-1][2] is not None:
+            out["peak_rss_phase"] = phase_of(self.start_mark, self.marks, max(m[2] for m in self.marks))
         if self.cuda:
             import torch
 
@@ -140,6 +179,26 @@ class Probe:
                 else int(torch.cuda.max_memory_allocated())
         out["probe_s"] = self.spent_s
         return out
+
+
+PHASES = ("forward, backward and gradient sync", "optimizer update", "after the update (parameter sync)")
+PHASE_TOL, PHASE_TOL_BYTES = 0.02, 1 << 20
+
+
+def phase_of(start: int, marks: list[list[int | None]], final: int) -> str:
+    """Where the peak was set: the first phase of any timed step whose mark (VmHWM entering the
+    update, leaving it, at the step's end) came within PHASE_TOL of the final peak. The tolerance:
+    later steps creep up by pages of Python objects and heap growth, which is no phase's doing."""
+    tol = max(PHASE_TOL_BYTES, PHASE_TOL * final)
+    if start >= final - tol:
+        return "steady (no phase rose 2% above what was resident when the timed steps began)"
+    if all(m[0] is None for m in marks):  # no optimizer update on this rank (a parameter server)
+        return "the step"
+    for step in marks:
+        for name, m in zip(PHASES, step):
+            if m is not None and m >= final - tol:
+                return name
+    return "the step"
 
 
 def block(comm: "MPI.Comm", mine: dict[str, Any], layout: Layout, n_params: int,
@@ -166,9 +225,12 @@ def summarize(ranks: list[dict[str, Any]], itemsize: int = 4, peak_how: str | No
     """Max over ranks, per rank, expected vs measured with flags (pure: rank 0 builds the block)."""
     keys = ["model_states_bytes", *(f"{c}_bytes" for c in CATEGORIES), "peak_rss_bytes", "peak_device_bytes"]
     out: dict[str, Any] = {k: max(int(r[k]) for r in ranks) for k in keys if all(k in r for r in ranks)}
-    per_rank = [{k: r[k] for k in ("rank", *keys, "seen_at", "expected_bytes", "gap_pct") if k in r}
-                for r in ranks]
+    per_rank = [{k: r[k] for k in ("rank", *keys, "peak_rss_phase", "seen_at", "expected_bytes", "gap_pct")
+                 if k in r} for r in ranks]
     out["per_rank"] = per_rank
+    top = max(ranks, key=lambda r: int(r.get("peak_rss_bytes") or 0))
+    if top.get("peak_rss_phase"):
+        out["peak_rss_phase"] = top["peak_rss_phase"]  # of the rank with the largest peak
     layouts = {r["rank"]: r["layout"] for r in ranks}
     first = layouts[ranks[0]["rank"]]
     expected: dict[str, Any] = {"accounting": "; ".join(dict.fromkeys(lay["scheme"] for lay in layouts.values()))}
@@ -197,8 +259,9 @@ def summarize(ranks: list[dict[str, Any]], itemsize: int = 4, peak_how: str | No
     how = dict(HOW)
     if peak_how:
         how["peak_rss_bytes"] = peak_how
-    if "peak_device_bytes" not in out:
-        how.pop("peak_device_bytes")
+    for k in ("peak_device_bytes", "peak_rss_phase"):
+        if k not in out:
+            how.pop(k)
     out["how"] = how
     if notes:
         out["notes"] = notes

@@ -167,6 +167,13 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def peak_mark() -> int:
+    """The same high-water mark as peak_rss_bytes, through getrusage (0.5 µs against 13 µs for
+    /proc/self/status): cheap enough to read inside a timed step. On Linux ru_maxrss is the mm's
+    hiwater_rss (KiB), which /proc/self/clear_refs resets like VmHWM; marks compare only with marks."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 # -- the expected accounting ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
