@@ -80,8 +80,11 @@ class Probe:
     spent_s: float = 0.0       # time spent counting (the snapshot step only)
     peak_rss: int | None = None  # both read after the last step
     peak_device: int | None = None
-    start_mark: int | None = None  # VmHWM at the first timed step, then per timed step: entering the
-    marks: list[list[int | None]] = field(default_factory=list)  # update, leaving it, step end
+    start_mark: int | None = None  # the peak mark as the timed steps begin, then each rise of it:
+    rises: list[tuple[int, int]] = field(default_factory=list)  # (phase: index into PHASES, mark)
+    saw_update: bool = False
+    _in_update: bool = False
+    final_mark: int | None = None
     _hook: Any = field(default=None, repr=False)
     _phase_hooks: list[Any] = field(default_factory=list, repr=False)
 
@@ -113,16 +116,24 @@ class Probe:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         self.start_mark = peak_mark()
-        self.marks = [[None, None, None]]
+        self.rises = []
 
         def pre(opt, args, kwargs):
-            if self.marks[-1][0] is None:
-                self.marks[-1][0] = peak_mark()
+            if not self._in_update:  # the first update of the step (DeepSpeed may step an inner one)
+                self._in_update = self.saw_update = True
+                self._rise(0)
 
         def post(opt, args, kwargs):
-            self.marks[-1][1] = peak_mark()
+            self._rise(1)
 
         self._phase_hooks = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+
+    def _rise(self, phase: int) -> None:
+        """Keep the mark if it rose RISE_STEP above the last one kept: the mark only grows, so the
+        rises say where it crossed any level, in at most (rise / RISE_STEP) entries however long the run."""
+        m = peak_mark()
+        if m > (self.rises[-1][1] if self.rises else self.start_mark or 0) + RISE_STEP:
+            self.rises.append((phase, m))
 
     def _unwatch(self) -> None:
         for h in self._phase_hooks:
@@ -130,12 +141,12 @@ class Probe:
         self._phase_hooks = []
 
     def after_step(self, s: int) -> None:
-        if s >= self.warm and self.marks:
-            self.marks[-1][2] = peak_mark()
-            if s < self.steps - 1:
-                self.marks.append([None, None, None])
-            else:
+        if s >= self.warm and self.start_mark is not None:
+            self._rise(2)
+            self._in_update = False
+            if s == self.steps - 1:
                 self._unwatch()
+                self.final_mark = peak_mark()
         if s == self.look_at:
             self.mark("step end")
             self._disarm()
@@ -170,8 +181,8 @@ class Probe:
         out["model_states_bytes"] = sum(self.best.values())
         out["seen_at"] = self.seen_at
         out["peak_rss_bytes"] = self.peak_rss if self.peak_rss is not None else peak_rss_bytes()
-        if self.rss_reset and self.start_mark is not None and self.marks and self.marks[-1][2] is not None:
-            out["peak_rss_phase"] = phase_of(self.start_mark, self.marks, max(m[2] for m in self.marks))
+        if self.rss_reset and self.final_mark is not None:
+            out["peak_rss_phase"] = phase_of(self.start_mark, self.rises, self.final_mark, self.saw_update)
         if self.cuda:
             import torch
 
@@ -183,22 +194,20 @@ class Probe:
 
 PHASES = ("forward, backward and gradient sync", "optimizer update", "after the update (parameter sync)")
 PHASE_TOL, PHASE_TOL_BYTES = 0.02, 1 << 20
+RISE_STEP = 256 << 10
 
 
-def phase_of(start: int, marks: list[list[int | None]], final: int) -> str:
-    """Where the peak was set: the first phase of any timed step whose mark (VmHWM entering the
-    update, leaving it, at the step's end) came within PHASE_TOL of the final peak. The tolerance:
-    later steps creep up by pages of Python objects and heap growth, which is no phase's doing."""
+def phase_of(start: int, rises: list[tuple[int, int]], final: int, saw_update: bool = True) -> str:
+    """Where the peak was set: the phase in which the mark first came within PHASE_TOL of the final
+    peak (`rises`: (phase, mark) each time it rose, read entering the update, leaving it, and at the
+    step's end). The tolerance: later steps creep up by pages of Python objects and heap growth,
+    which is no phase's doing."""
     tol = max(PHASE_TOL_BYTES, PHASE_TOL * final)
     if start >= final - tol:
         return "steady (no phase rose 2% above what was resident when the timed steps began)"
-    if all(m[0] is None for m in marks):  # no optimizer update on this rank (a parameter server)
+    if not saw_update:  # no optimizer update on this rank: the step is all there is to name
         return "the step"
-    for step in marks:
-        for name, m in zip(PHASES, step):
-            if m is not None and m >= final - tol:
-                return name
-    return "the step"
+    return next((PHASES[ph] for ph, m in rises if m >= final - tol), "the step")
 
 
 def block(comm: "MPI.Comm", mine: dict[str, Any], layout: Layout, n_params: int,
