@@ -195,7 +195,7 @@ def test_a_rank_that_leaves_ends_the_job_within_seconds(case: str, words: str) -
     assert elapsed < 90, elapsed
     assert "rank 0: " + case + " done" not in proc.stdout
     if words:
-        assert f"hpc: error: rank 0: " in proc.stderr and words in proc.stderr, proc.stderr[-3000:]
+        assert "hpc: error: rank 0: " in proc.stderr and words in proc.stderr, proc.stderr[-3000:]
 
 
 def test_plugin_whose_ranks_differ_by_one_ulp_is_stopped(tmp_path: Path) -> None:
