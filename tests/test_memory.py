@@ -337,7 +337,8 @@ def test_report_has_a_memory_section(run, tmp_path) -> None:
 
 def test_a_sweep_records_memory_against_n_and_predict_forecasts_it(tmp_path) -> None:
     from hpc.analysis.groups import load_records
-    from hpc.analysis.memory import memory_vs_n, n_table
+    from hpc.analysis.memory import memory_vs_n
+    from hpc.analysis.memory_predict import n_table
 
     out = tmp_path / "sweep"
     proc = hpc("sweep", "strong", "--np", "1,2,3", "--out", str(out), "train", "--sync", "ring,deepspeed-zero3",

@@ -265,31 +265,3 @@ def memory_vs_n(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, dict
             raw.setdefault(key, {}).setdefault(record_name(r), {}).setdefault(int(r["np"]), []).append(r)
     return {k: {name: {n: scheme_memory(rs) for n, rs in sorted(by_n.items())} for name, by_n in v.items()}
             for k, v in raw.items()}
-
-
-def n_table(records: Iterable[dict[str, Any]], predict_at: list[int] | None = None):
-    """Model states and peak RSS per rank against N for each scheme, the a + b/N fit, and (optional)
-    predictions; None without two or more N."""
-    from hpc.analysis.memory_predict import fit
-    from hpc.table import Table
-
-    data = memory_vs_n(records)
-    nps = sorted({n for by in data.values() for per in by.values() for n in per})
-    if len(nps) < 2:
-        return None
-    more = predict_at or []
-    tab = Table("Memory per rank against N (model states; peak RSS)",
-                ["model", "scheme", *(f"N={n}" for n in nps), "fit a + b/N", *(f"N={n} (predicted)" for n in more)])
-    for (variant, scaling), by in sorted(data.items()):
-        for name, per_n in sorted(by.items()):
-            cells = []
-            for n in nps:
-                m = per_n.get(n)
-                cells.append("—" if not m else f"{_size(m['model_states_bytes'])}; {_size(m['peak_rss_bytes'])}")
-            pts = [(n, m["model_states_bytes"]) for n, m in per_n.items() if m]
-            mf = fit([n for n, _ in pts], [v for _, v in pts])
-            tab.add(f"{variant} ({scaling})", name, *cells, mf.form if len(pts) > 1 else "—",
-                    *(_size(mf.at(n)[0]) if len(pts) > 1 else "—" for n in more))
-    tab.notes.append("a: bytes every rank keeps whole; b: bytes split over the N ranks (replicated schemes: "
-                     "b ≈ 0; ZeRO-3: a ≈ 0, per-rank memory falls as 1/N)")
-    return tab

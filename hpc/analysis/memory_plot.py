@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from hpc.analysis.memory import has_memory, memory_tables, memory_vs_n, n_table, pareto_front, speed_memory
+from hpc.analysis.memory import has_memory, memory_tables, memory_vs_n, pareto_front, speed_memory
+from hpc.analysis.memory_predict import n_table
 from hpc.analysis.plot_scaling import legend
 
 _MIB = float(1 << 20)

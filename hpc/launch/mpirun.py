@@ -3,7 +3,9 @@ that we already run inside MPI.
 
 The parent process never initialises MPI: it builds an mpirun command line (Open MPI or MPICH,
 detected from `mpirun --version`), runs it in its own process group under a wall-clock timeout and
-turns the ranks' error lines into one clear message.
+turns the ranks' error lines into one clear message. A launch that fails before any rank starts
+(Open MPI's PMIx listener, now and then on a busy machine) is tried again, up to START_RETRIES times:
+nothing ran, so nothing is repeated.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,10 @@ from hpc.launch import reaper
 # Variables that an MPI launcher (mpirun, mpiexec.hydra, srun --mpi=pmix) sets in every rank.
 _MPI_RANK_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS")
 ERROR_PREFIX = "hpc: error: "
+# What a launcher prints when it fails before starting any rank: a transient of the machine
+# ("ptl_tool: problems getting address"), not of the job.
+START_FAILURES = ("The PMIx server's listener thread failed to start",)
+START_RETRIES = 2
 
 
 def inside_mpi() -> bool:
@@ -174,17 +181,40 @@ def run(np: int, args: Sequence[str], timeout: float | None = None, log: IO[str]
     child_env.setdefault("HPC_TTY", "1" if tty else "0")
     if tty:  # ranks write through mpirun's pipes: tell rich how wide the user's terminal is
         child_env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
-    tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
-    proc = _start(argv, child_env, stdout=log, stderr=subprocess.PIPE)
-    filt = _StderrFilter(log if log is not None else sys.stderr)
-    reader = threading.Thread(target=filt.pump, args=(proc.stderr,), daemon=True)
-    reader.start()
-    try:
-        timed_out = _wait(proc, timeout)
-    finally:
-        reaper.end_launch(tag)  # whatever a rank started and left behind, wherever it re-parented to
-    reader.join(timeout=5)
-    return LaunchResult(proc.returncode, filt.first_error, timed_out, filt.died)
+    for attempt in range(START_RETRIES + 1):
+        tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
+        proc = _start(argv, child_env, stdout=log, stderr=subprocess.PIPE)
+        filt = _StderrFilter(log if log is not None else sys.stderr)
+        reader = threading.Thread(target=filt.pump, args=(proc.stderr,), daemon=True)
+        reader.start()
+        try:
+            timed_out = _wait(proc, timeout)
+        finally:
+            reaper.end_launch(tag)  # whatever a rank started and left behind, wherever it re-parented to
+        reader.join(timeout=5)
+        result = LaunchResult(proc.returncode, filt.first_error, timed_out, filt.died)
+        if not _again(result, filt.start_failure, attempt, log):
+            return result
+    return result  # pragma: no cover - the loop returns
+
+
+def _again(result: LaunchResult, failure: str | None, attempt: int, log: IO[str] | None) -> bool:
+    """Whether to launch again: the launcher failed before any rank started, and tries are left
+    (then say so, and wait a moment); on the last try the failure becomes the job's error line."""
+    if failure is None or result.returncode == 0 or result.timed_out or result.error:
+        return False
+    if attempt >= START_RETRIES:
+        result.error = f"the MPI launcher failed to start the job {attempt + 1} times: {failure}"
+        return False
+    note = f"hpc: note: the MPI launcher failed to start ({failure}); trying again\n"
+    for out in {id(o): o for o in (log, sys.stderr) if o is not None}.values():
+        try:
+            out.write(note)
+            out.flush()
+        except (OSError, ValueError):
+            pass
+    time.sleep(1.0 + 2.0 * attempt)
+    return True
 
 
 def run_command(np: int, argv: Sequence[str], timeout: float | None = None, log: IO[str] | None = None,
@@ -204,14 +234,48 @@ def run_argv(argv: Sequence[str], timeout: float | None = None, log: IO[str] | N
     """Run a full launch command line (mpirun/srun ... PROGRAM) to the end or until `timeout` s;
     then end every process of the launch still running (its HPC_LAUNCH_ID tag)."""
     child_env = dict(os.environ if env is None else env)
-    tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
-    proc = _start(list(argv), child_env, stdout=log,
-                  stderr=subprocess.STDOUT if log is not None else None)
+    for attempt in range(START_RETRIES + 1):
+        tag = child_env[reaper.LAUNCH_VAR] = uuid.uuid4().hex
+        start = _log_size(log)
+        proc = _start(list(argv), child_env, stdout=log,
+                      stderr=subprocess.STDOUT if log is not None else None)
+        try:
+            timed_out = _wait(proc, timeout)
+        finally:
+            reaper.end_launch(tag)
+        result = LaunchResult(proc.returncode, None, timed_out)
+        failure = _start_failure(_log_since(log, start)) if proc.returncode else None
+        if not _again(result, failure, attempt, log):
+            return result
+    return result  # pragma: no cover - the loop returns
+
+
+def _start_failure(text: str) -> str | None:
+    """The START_FAILURES marker in a launcher's output, if any."""
+    return next((m for m in START_FAILURES if m in text), None)
+
+
+def _log_size(log: IO[str] | None) -> int | None:
+    """Where a launch's output starts in a log file (None: not a file we can read back)."""
     try:
-        timed_out = _wait(proc, timeout)
-    finally:
-        reaper.end_launch(tag)
-    return LaunchResult(proc.returncode, None, timed_out)
+        log.flush()
+        return os.fstat(log.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _log_since(log: IO[str] | None, start: int | None) -> str:
+    """What a launch wrote to its log file (at most the last 64 KiB: the launcher's banner is last)."""
+    if start is None:
+        return ""
+    try:
+        log.flush()
+        with open(f"/proc/self/fd/{log.fileno()}", "rb") as f:  # the log is open for writing only
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(start, end - (1 << 16)))
+            return f.read().decode(errors="replace")
+    except (AttributeError, OSError, ValueError):
+        return ""
 
 
 def _start(argv: list[str], env: dict[str, str], stdout, stderr) -> subprocess.Popen:
@@ -269,6 +333,7 @@ class _StderrFilter:
         self.out = out
         self.first_error: str | None = None
         self.died: str | None = None
+        self.start_failure: str | None = None  # the launcher failed before any rank started
         self._block: list[str] | None = None
 
     def pump(self, stream: IO[str]) -> None:
@@ -301,6 +366,10 @@ class _StderrFilter:
         self._write(line)
 
     def _emit_block(self, block: list[str]) -> None:
+        failure = _start_failure(" ".join(b.strip() for b in block))
+        if failure and self.start_failure is None:  # said in one line, or tried again
+            self.start_failure = failure
+            return
         died = self._DIED.search(" ".join(b.strip() for b in block))
         if died and self.died is None:  # said in the one error line instead
             rank, node, sig, name = died.groups()
